@@ -1,0 +1,331 @@
+"""Typed configuration of the engine: tasks and their official defaults, parallel options, requests.
+
+Everything here is plain data (frozen dataclasses and enums) plus `validate()` functions whose
+messages name the offending value and the fix. No torch.distributed, no model code, no ComfyUI.
+Figures come from the official Wan2.2 configs (`wan/configs/*.py`, see docs/wan22_reference.md §1.3).
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .errors import ConfigError
+
+
+class Task(str, enum.Enum):
+    T2V_A14B = "t2v-A14B"
+    I2V_A14B = "i2v-A14B"
+    TI2V_5B = "ti2v-5B"
+    S2V_14B = "s2v-14B"
+
+    @classmethod
+    def parse(cls, value: "str | Task") -> "Task":
+        if isinstance(value, Task):
+            return value
+        for task in cls:
+            if task.value.lower() == str(value).lower():
+                return task
+        raise ConfigError(f"unknown task {value!r}; choose one of {', '.join(t.value for t in cls)}")
+
+
+class Solver(str, enum.Enum):
+    UNIPC = "unipc"
+    DPMPP = "dpm++"
+
+    @classmethod
+    def parse(cls, value: "str | Solver") -> "Solver":
+        if isinstance(value, Solver):
+            return value
+        for solver in cls:
+            if solver.value == str(value).lower():
+                return solver
+        raise ConfigError(f"unknown sample_solver {value!r}; choose 'unipc' or 'dpm++'")
+
+
+class OffloadMode(str, enum.Enum):
+    """Where weights wait when the GPU is too small.
+
+    NONE: everything resident. EXPERTS: the inactive MoE expert waits in pinned CPU memory and is
+    prefetched before the boundary. BLOCKS: transformer blocks are streamed from CPU with a prefetch
+    stream (slowest, smallest).
+    """
+
+    NONE = "none"
+    EXPERTS = "experts"
+    BLOCKS = "blocks"
+
+
+class AttentionBackend(str, enum.Enum):
+    AUTO = "auto"
+    SDPA = "sdpa"
+    FLASH2 = "flash2"
+    FLASH3 = "flash3"
+    FLASH4 = "flash4"
+
+
+class ParamDtype(str, enum.Enum):
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.value]
+
+
+NEG_PROMPT_DEFAULT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
+    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
+)
+NEG_PROMPT_S2V = (
+    "画面模糊，最差质量，画面模糊，细节模糊不清，情绪激动剧烈，手快速抖动，字幕，丑陋的，残缺的，多余的手指，"
+    "画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，杂乱的背景，"
+    "三条腿，背景人很多，倒着走"
+)
+
+# Official size tables (W, H), wan/configs/__init__.py.
+SIZES = {
+    "720*1280": (720, 1280), "1280*720": (1280, 720), "480*832": (480, 832), "832*480": (832, 480),
+    "704*1280": (704, 1280), "1280*704": (1280, 704), "1024*704": (1024, 704), "704*1024": (704, 1024),
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Official per-task constants and sampling defaults."""
+
+    task: Task
+    moe: bool                    # two experts (high_noise_model / low_noise_model)
+    vae: str                     # "2.1" or "2.2"
+    vae_stride: tuple[int, int, int]
+    patch_size: tuple[int, int, int]
+    num_heads: int               # real model's head count (for the Ulysses rule)
+    sample_steps: int
+    sample_shift: float
+    guide_scale: tuple[float, float]   # (low-noise, high-noise); equal for single-model tasks
+    boundary: Optional[float]    # MoE switch as a fraction of 1000 train timesteps
+    frame_num: int
+    fps: int
+    supported_sizes: tuple[str, ...]
+    default_size: str
+    neg_prompt: str
+    needs_image: bool
+    accepts_image: bool
+
+    @property
+    def vae_file(self) -> str:
+        return "Wan2.2_VAE.pth" if self.vae == "2.2" else "Wan2.1_VAE.pth"
+
+    @property
+    def size_multiple(self) -> int:
+        """Pixel sizes must be multiples of VAE stride x patch size (16 for Wan2.1 VAE, 32 for 2.2)."""
+        return self.vae_stride[1] * self.patch_size[1]
+
+
+TASKS: dict[Task, TaskSpec] = {
+    Task.T2V_A14B: TaskSpec(
+        task=Task.T2V_A14B, moe=True, vae="2.1", vae_stride=(4, 8, 8), patch_size=(1, 2, 2),
+        num_heads=40, sample_steps=40, sample_shift=12.0, guide_scale=(3.0, 4.0), boundary=0.875,
+        frame_num=81, fps=16, supported_sizes=("720*1280", "1280*720", "480*832", "832*480"),
+        default_size="1280*720", neg_prompt=NEG_PROMPT_DEFAULT, needs_image=False, accepts_image=False),
+    Task.I2V_A14B: TaskSpec(
+        task=Task.I2V_A14B, moe=True, vae="2.1", vae_stride=(4, 8, 8), patch_size=(1, 2, 2),
+        num_heads=40, sample_steps=40, sample_shift=5.0, guide_scale=(3.5, 3.5), boundary=0.900,
+        frame_num=81, fps=16, supported_sizes=("720*1280", "1280*720", "480*832", "832*480"),
+        default_size="1280*720", neg_prompt=NEG_PROMPT_DEFAULT, needs_image=True, accepts_image=True),
+    Task.TI2V_5B: TaskSpec(
+        task=Task.TI2V_5B, moe=False, vae="2.2", vae_stride=(4, 16, 16), patch_size=(1, 2, 2),
+        num_heads=24, sample_steps=50, sample_shift=5.0, guide_scale=(5.0, 5.0), boundary=None,
+        frame_num=121, fps=24, supported_sizes=("704*1280", "1280*704"),
+        default_size="1280*704", neg_prompt=NEG_PROMPT_DEFAULT, needs_image=False, accepts_image=True),
+    Task.S2V_14B: TaskSpec(
+        task=Task.S2V_14B, moe=False, vae="2.1", vae_stride=(4, 8, 8), patch_size=(1, 2, 2),
+        num_heads=40, sample_steps=40, sample_shift=3.0, guide_scale=(4.5, 4.5), boundary=None,
+        frame_num=80, fps=16, supported_sizes=tuple(SIZES),
+        default_size="1024*704", neg_prompt=NEG_PROMPT_S2V, needs_image=True, accepts_image=True),
+}
+
+
+def valid_ulysses_degrees(num_heads: int, max_degree: int = 8) -> list[int]:
+    return [d for d in range(1, max_degree + 1) if num_heads % d == 0]
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How one video is split across the worker group.
+
+    world size = cfg degree (1 or 2) x ulysses_size. FSDP shards weights over the whole world.
+    """
+
+    num_gpus: int = 1
+    """Worker processes (one per GPU; gloo ranks on CPU)."""
+    gpu_ids: Optional[tuple[int, ...]] = None
+    """Physical GPU ids to use (len == num_gpus); None = 0..num_gpus-1."""
+    ulysses_size: int = 1
+    """Sequence-parallel degree for self-attention; must divide the model's head count."""
+    cfg_parallel: bool = False
+    """cond and uncond on different ranks (needs guidance > 1)."""
+    dit_fsdp: bool = False
+    """FSDP2-shard every DiT block (both MoE experts resident, each rank holds 1/N)."""
+    t5_fsdp: bool = False
+    """FSDP2-shard the T5 encoder."""
+    t5_cpu: bool = False
+    """Run T5 on the CPU (saves ~11 GB of GPU memory at real size)."""
+    offload: OffloadMode = OffloadMode.NONE
+
+    @property
+    def cfg_degree(self) -> int:
+        return 2 if self.cfg_parallel else 1
+
+    def validate(self, num_heads: int) -> None:
+        if self.num_gpus < 1:
+            raise ConfigError(f"num_gpus={self.num_gpus}: need at least 1")
+        if self.gpu_ids is not None:
+            if len(self.gpu_ids) != self.num_gpus:
+                raise ConfigError(f"gpu_ids={list(self.gpu_ids)} lists {len(self.gpu_ids)} GPUs but "
+                                  f"num_gpus={self.num_gpus}; give one id per worker")
+            if len(set(self.gpu_ids)) != len(self.gpu_ids):
+                raise ConfigError(f"gpu_ids={list(self.gpu_ids)} repeats a GPU; give each worker its own")
+        valid = valid_ulysses_degrees(num_heads, max_degree=max(8, self.ulysses_size))
+        if self.ulysses_size < 1 or num_heads % self.ulysses_size:
+            raise ConfigError(
+                f"ulysses_size={self.ulysses_size} does not divide the model's {num_heads} attention "
+                f"heads; valid degrees: {', '.join(map(str, valid_ulysses_degrees(num_heads)))}")
+        if self.cfg_degree * self.ulysses_size != self.num_gpus:
+            hint = (f"use ulysses_size={self.num_gpus // self.cfg_degree}"
+                    if self.num_gpus % self.cfg_degree == 0 and num_heads % (self.num_gpus // self.cfg_degree) == 0
+                    else "change num_gpus")
+            raise ConfigError(
+                f"num_gpus={self.num_gpus} must equal cfg degree ({self.cfg_degree}, cfg_parallel="
+                f"{self.cfg_parallel}) x ulysses_size ({self.ulysses_size}); {hint}")
+        if (self.dit_fsdp or self.t5_fsdp) and self.num_gpus == 1:
+            raise ConfigError("dit_fsdp/t5_fsdp shard weights across GPUs and need num_gpus >= 2; "
+                              "on one GPU use offload='experts' or 'blocks' instead")
+        if self.t5_fsdp and self.t5_cpu:
+            raise ConfigError("t5_fsdp and t5_cpu exclude each other: pick one place for the T5 encoder")
+        if self.dit_fsdp and self.offload != OffloadMode.NONE:
+            raise ConfigError(f"offload={self.offload.value!r} cannot be combined with dit_fsdp: FSDP "
+                              "already keeps 1/N of each expert per GPU; turn one of them off")
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What a worker group loads and how it is laid out. Changing it restarts the group."""
+
+    task: Task
+    ckpt_dir: str
+    device: str = "cuda"          # "cuda" or "cpu" (gloo ranks)
+    param_dtype: ParamDtype = ParamDtype.BF16
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    attention: AttentionBackend = AttentionBackend.AUTO
+
+
+@dataclass(frozen=True)
+class GuideScale:
+    """Classifier-free guidance per MoE expert (equal values for single-model tasks)."""
+
+    low_noise: float
+    high_noise: float
+
+    @classmethod
+    def parse(cls, value: "float | str | tuple[float, float] | GuideScale") -> "GuideScale":
+        """One value for both experts, or 'LOW,HIGH' (the official config tuple order)."""
+        if isinstance(value, GuideScale):
+            return value
+        if isinstance(value, (int, float)):
+            return cls(float(value), float(value))
+        if isinstance(value, (tuple, list)):
+            if len(value) != 2:
+                raise ConfigError(f"guide scale {value!r}: give one value or two (low-noise, high-noise)")
+            return cls(float(value[0]), float(value[1]))
+        parts = [p for p in str(value).replace(" ", "").split(",") if p]
+        try:
+            nums = [float(p) for p in parts]
+        except ValueError:
+            raise ConfigError(f"sample_guide_scale {value!r} is not a number or 'LOW,HIGH' pair") from None
+        if len(nums) == 1:
+            return cls(nums[0], nums[0])
+        if len(nums) == 2:
+            return cls(nums[0], nums[1])
+        raise ConfigError(f"sample_guide_scale {value!r}: give one value or two ('LOW,HIGH')")
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One video. Unset fields (None) take the task's official default."""
+
+    prompt: str
+    neg_prompt: Optional[str] = None          # None or "" -> the task's official negative prompt
+    size: Optional[tuple[int, int]] = None    # (W, H); for image tasks only the area counts
+    frame_num: Optional[int] = None
+    steps: Optional[int] = None
+    shift: Optional[float] = None
+    guide_scale: Optional[GuideScale] = None
+    boundary: Optional[float] = None          # MoE switch (fraction of 1000)
+    solver: Solver = Solver.UNIPC
+    seed: int = 42
+    image: Optional[object] = None            # float tensor [3, H, W] in [0, 1] (RGB), or None
+    audio: Optional[object] = None            # AudioInput for S2V (defined by the S2V pipeline), or None
+    s2v: Optional[object] = None              # S2VOptions (infer_frames, num_clip, pose video...), or None
+    decode: bool = True                       # False: return the latent only
+
+
+@dataclass
+class GenerateResult:
+    latent: object                 # final latent [C, F, H, W] float32 (CPU); S2V: the last clip's
+    video: Optional[object]        # uint8 tensor [F, H, W, 3] (CPU), None when decode=False
+    fps: int
+    seed: int
+    extra_latents: dict = field(default_factory=dict)   # S2V: {"clip0": ..., "clip1": ...}
+    audio: Optional[object] = None  # S2V: the input audio (samples, rate) to mux
+    timings: dict = field(default_factory=dict)          # phase -> seconds
+
+
+def check_frame_num(frame_num: int) -> None:
+    if frame_num < 1 or (frame_num - 1) % 4:
+        lower = max(1, (frame_num - 1) // 4 * 4 + 1)
+        raise ConfigError(f"frame_num={frame_num} is not of the form 4n+1; use {lower} or {lower + 4}")
+
+
+def check_size(spec: TaskSpec, width: int, height: int) -> Optional[str]:
+    """Raise for a size the model cannot take; return a warning text for an unofficial one."""
+    m = spec.size_multiple
+    if width <= 0 or height <= 0 or width % m or height % m:
+        def near(v: int) -> str:
+            lo = max(m, v // m * m)
+            return f"{lo}" if lo == v else f"{lo} or {lo + m}"
+        raise ConfigError(
+            f"size {width}*{height} cannot be used by {spec.task.value}: width and height must be "
+            f"multiples of {m} (VAE stride x patch size); nearest valid: width {near(width)}, "
+            f"height {near(height)}")
+    if f"{width}*{height}" not in spec.supported_sizes:
+        return (f"size {width}*{height} is not one of the official sizes for {spec.task.value} "
+                f"({', '.join(spec.supported_sizes)}); quality may suffer")
+    return None
+
+
+def check_sampling(steps: int, shift: float, guide: GuideScale) -> None:
+    if not 1 <= steps <= 1000:
+        raise ConfigError(f"sample_steps={steps} is out of range; use 1..1000 (official: 40-50)")
+    if not (0 < shift <= 100) or math.isnan(shift):
+        raise ConfigError(f"sample_shift={shift} is out of range; use a value in (0, 100] (official: 3-12)")
+    for name, g in (("low-noise", guide.low_noise), ("high-noise", guide.high_noise)):
+        if not (0 <= g <= 50) or math.isnan(g):
+            raise ConfigError(f"guide scale {g} ({name}) is out of range; use 0..50 (official: 3-5; 1 disables CFG)")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1280*720' or '1280x720' -> (W, H)."""
+    for sep in ("*", "x", "X"):
+        if sep in text:
+            w, _, h = text.partition(sep)
+            try:
+                return int(w), int(h)
+            except ValueError:
+                break
+    raise ConfigError(f"size {text!r} is not WIDTH*HEIGHT (for example 1280*720)")
