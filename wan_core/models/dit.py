@@ -11,6 +11,7 @@ This module never imports torch.distributed.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, fields
 from typing import Optional, Protocol, Sequence, Union
@@ -170,7 +171,7 @@ class Head(nn.Module):
     def __init__(self, dim: int, out_dim: int, patch_size: Sequence[int], eps: float = 1e-6) -> None:
         super().__init__()
         self.norm = LayerNorm(dim, eps)
-        self.head = nn.Linear(dim, out_dim * int(torch.tensor(patch_size).prod()))
+        self.head = nn.Linear(dim, out_dim * math.prod(patch_size))
         self.modulation = nn.Parameter(torch.randn(1, 2, dim) / dim ** 0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
