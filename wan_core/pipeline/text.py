@@ -18,6 +18,7 @@ import torch
 
 from ..config import ParamDtype
 from ..errors import CheckpointError, InputError
+from ..loading.checkpoint import load_pth
 from ..models.t5 import T5Config, T5Encoder
 from ..models.tokenizer import PromptTokenizer
 
@@ -25,34 +26,19 @@ T5_CHECKPOINT = "models_t5_umt5-xxl-enc-bf16.pth"
 TOKENIZER_SUBDIR = Path("google") / "umt5-xxl"
 
 
-def _damage_hint(path: Path) -> str:
-    """What probably happened to a file torch cannot read."""
-    if path.stat().st_size < 1024:
-        text = path.read_bytes().decode("utf-8", "replace").strip()
-        # A symbolic link copied by a tool without link support becomes a file holding its target.
-        return (f"it is a {path.stat().st_size}-byte file containing {text!r}: probably a symbolic "
-                "link flattened by a copy; copy the folder with links kept (cp -a) or put the real file there")
-    return "the file may be incomplete, download it again"
-
-
 def _read_pth(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(
             f"T5 checkpoint {path} not found; the checkpoint folder needs {T5_CHECKPOINT} "
             "(from the official Wan2.2 download)")
-    try:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):  # only the legacy (non-zip) format cannot be mapped
-                raise
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"T5 checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
-                              f"{_damage_hint(path)}") from exc
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise CheckpointError(f"T5 checkpoint {path} is not a plain state dict of tensors")
-    return sd
+    size = path.stat().st_size
+    if size < 1024:
+        # A symbolic link copied by a tool without link support becomes a file holding its target.
+        text = path.read_bytes().decode("utf-8", "replace").strip()
+        raise CheckpointError(
+            f"T5 checkpoint {path} is a {size}-byte file containing {text!r}, not weights: probably a "
+            "symbolic link flattened by a copy; copy the folder keeping links (cp -a) or put the real file there")
+    return load_pth(path)
 
 
 def load_t5_encoder(path: str | Path, dtype: torch.dtype = torch.bfloat16,
