@@ -36,6 +36,34 @@ def _dist_single(device):
     return DistContext.single(device)
 
 
+def check_checkpoint(ckpt_dir, task: Task) -> None:
+    """Check that `ckpt_dir` holds every file the task loads, without reading any weight.
+
+    Opens each DiT shard's safetensors header (a truncated shard fails here, by name) and checks the
+    T5 checkpoint, the tokenizer and the VAE file exist. Raises CheckpointError / ConfigError."""
+    from ..loading.checkpoint import TensorSource
+    from ..loading.detect import detect_task, dit_folders, read_config
+    from .text import T5_CHECKPOINT, TOKENIZER_SUBDIR
+
+    ckpt = Path(ckpt_dir)
+    task = Task.parse(task)
+    if not ckpt.is_dir():
+        raise CheckpointError(f"checkpoint folder {str(ckpt)!r} does not exist (--ckpt_dir); download "
+                              f"the official Wan2.2 {task.value} checkpoint there")
+    found = detect_task(ckpt)
+    if found != task:
+        raise ConfigError(f"{ckpt} holds a {found.value} checkpoint, not {task.value}; pass "
+                          f"--task {found.value} or the {task.value} folder")
+    for folder in dit_folders(ckpt, task).values():
+        read_config(folder)
+        TensorSource.from_folder(folder).close()
+    spec = TASKS[task]
+    for rel in (T5_CHECKPOINT, str(TOKENIZER_SUBDIR / "tokenizer.json"), spec.vae_file):
+        if not (ckpt / rel).is_file():
+            raise CheckpointError(f"{ckpt / rel} is missing; the {task.value} checkpoint folder needs "
+                                  f"{rel} (from the official Wan2.2 download)")
+
+
 class ExpertSet:
     """The DiT(s) of a task by expert; `get(expert)` makes the asked one resident.
 
@@ -89,8 +117,7 @@ class WanEngine:
         self.load_timings: dict[str, float] = {}
 
         ckpt = Path(spec.ckpt_dir)
-        if not ckpt.is_dir():
-            raise CheckpointError(f"checkpoint folder {str(ckpt)!r} does not exist (--ckpt_dir)")
+        check_checkpoint(ckpt, self.task)
         from ..loading.detect import dit_folders, read_config
 
         folders = dit_folders(ckpt, self.task)
@@ -140,11 +167,10 @@ class WanEngine:
     # -- loading helpers ----------------------------------------------------------------------
 
     def _load_vae(self, ckpt: Path):
-        from ..models import vae21, vae22
+        from ..loading.vae import load_vae
 
-        path = ckpt / self.task_spec.vae_file
-        cls = vae22.WanVAE22 if self.task_spec.vae == "2.2" else vae21.WanVAE21
-        return cls.from_file(path, device=self.device, dtype=torch.float32)
+        return load_vae(ckpt / self.task_spec.vae_file, self.task_spec.vae, device=self.device,
+                        dtype=torch.float32)
 
     def _parallelize(self) -> None:
         """Apply the parallel strategies of spec.parallel (Ulysses, FSDP2, block offload)."""

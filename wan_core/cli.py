@@ -1,0 +1,384 @@
+"""`python -m wan_core generate|demo`: the official `generate.py` flags, plus the multi-GPU ones.
+
+`generate` validates everything (flags, sizes, frame count, sampling values, the image, the
+checkpoint folder's files) before loading a single weight. Every user error (`WanEngineError`) is
+printed as one line `error: ...` and the exit code is 2; no traceback. With `--num_gpus` > 1 the
+run goes to a worker group (`wan_core.client.EngineClient`); under `torchrun` every process runs
+the engine on its rank, as the official script does.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .config import (TASKS, AttentionBackend, EngineSpec, GenerateRequest, GuideScale, OffloadMode,
+                     ParallelConfig, ParamDtype, Solver, Task, parse_size)
+from .errors import Cancelled, ConfigError, WanEngineError, WorkerFailure
+
+log = logging.getLogger("wan_core.cli")
+
+# The official example prompts (generate.py, EXAMPLE_PROMPT), used when --prompt is not given.
+EXAMPLE_PROMPT = {
+    Task.T2V_A14B: "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a spotlighted stage.",
+    Task.TI2V_5B: "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely on a spotlighted stage.",
+    Task.I2V_A14B: (
+        "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. The fluffy-furred "
+        "feline gazes directly at the camera with a relaxed expression. Blurred beach scenery forms the "
+        "background featuring crystal-clear waters, distant green hills, and a blue sky dotted with white "
+        "clouds. The cat assumes a naturally relaxed posture, as if savoring the sea breeze and warm "
+        "sunlight. A close-up shot highlights the feline's intricate details and the refreshing atmosphere "
+        "of the seaside."),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one `error: ...` line with exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 (argparse API)
+        self.exit(2, f"error: {message} (see `python -m wan_core {self.prog.split()[-1]} --help`)\n")
+
+
+def _str2bool(v: str) -> bool:
+    """The official str2bool."""
+    if isinstance(v, bool):
+        return v
+    s = v.lower()
+    if s in ("yes", "true", "t", "y", "1"):
+        return True
+    if s in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected (True/False), got {v!r}")
+
+
+def _gpus(v: str) -> tuple[int, Optional[tuple[int, ...]]]:
+    """'4' -> (4, None); '0,2,3' -> (3, (0, 2, 3))."""
+    s = v.replace(" ", "")
+    try:
+        if "," in s:
+            ids = tuple(int(x) for x in s.split(",") if x)
+            return len(ids), ids
+        return int(s), None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--num_gpus {v!r}: give a count (4) or a list of GPU ids (0,2,3)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m wan_core", description="Wan2.2 video generation on one or many GPUs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    g = sub.add_parser("generate", help="generate a video (official generate.py flags)",
+                       description="Generate a video with Wan2.2 (flags of the official generate.py).")
+    g.add_argument("--task", default=Task.T2V_A14B.value, choices=[t.value for t in Task],
+                   help="the task to run (default t2v-A14B)")
+    g.add_argument("--size", default=None,
+                   help="WIDTH*HEIGHT of the video; for i2v/ti2v with an image only the area counts "
+                        "(default: the task's official default, 1280*720 or 1280*704 for ti2v-5B)")
+    g.add_argument("--frame_num", type=int, default=None, help="frames, 4n+1 (default 81; ti2v-5B 121)")
+    g.add_argument("--ckpt_dir", required=True, help="the official checkpoint folder of the task")
+    g.add_argument("--offload_model", type=_str2bool, default=None,
+                   help="keep only the running model on the GPU (default: True on one GPU, like the "
+                        "official script; implies --offload experts for the A14B tasks)")
+    g.add_argument("--ulysses_size", type=int, default=None,
+                   help="sequence-parallel degree (default: num_gpus, or num_gpus/2 with --cfg_parallel)")
+    g.add_argument("--t5_fsdp", action="store_true", help="shard T5 across the GPUs (FSDP2)")
+    g.add_argument("--t5_cpu", action="store_true", help="run the T5 text encoder on the CPU")
+    g.add_argument("--dit_fsdp", action="store_true", help="shard the DiT(s) across the GPUs (FSDP2)")
+    g.add_argument("--save_file", default=None, help="output .mp4 (default: the official file name pattern)")
+    g.add_argument("--prompt", default=None, help="the text prompt (default: the official example prompt)")
+    g.add_argument("--neg_prompt", default=None, help="negative prompt (default: the official one)")
+    g.add_argument("--base_seed", type=int, default=-1, help="seed; -1 picks a random one (default)")
+    g.add_argument("--image", default=None, help="input image (i2v-A14B: required; ti2v-5B: optional)")
+    g.add_argument("--sample_solver", default=Solver.UNIPC.value, choices=[s.value for s in Solver])
+    g.add_argument("--sample_steps", type=int, default=None, help="denoising steps (default 40; ti2v-5B 50)")
+    g.add_argument("--sample_shift", type=float, default=None, help="noise schedule shift (task default)")
+    g.add_argument("--sample_guide_scale", default=None,
+                   help="classifier-free guidance: one value, or LOW,HIGH for the two MoE experts")
+    g.add_argument("--boundary", type=float, default=None,
+                   help="MoE expert switch as a fraction of 1000 timesteps (default 0.875 t2v, 0.900 i2v)")
+    g.add_argument("--convert_model_dtype", action="store_true",
+                   help="DiT weights in bf16 (our default on CUDA; kept for the official flag)")
+    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--dtype", default=None, choices=[d.value for d in ParamDtype],
+                   help="DiT/T5 weight dtype (default: bf16 on CUDA, fp32 on CPU)")
+    g.add_argument("--attention", default=AttentionBackend.AUTO.value, choices=[a.value for a in AttentionBackend])
+    g.add_argument("--save_latent", default=None, metavar="FILE",
+                   help="also save the final latent as safetensors (key 'latent')")
+    g.add_argument("--num_gpus", type=_gpus, default=(1, None), metavar="N|IDS",
+                   help="GPUs (worker processes): a count, or a list of ids such as 0,2,3")
+    g.add_argument("--cfg_parallel", action="store_true", help="cond and uncond on different GPUs")
+    g.add_argument("--offload", default=None, choices=[o.value for o in OffloadMode],
+                   help="CPU offload: none, experts (inactive MoE expert on CPU) or blocks (stream blocks)")
+    g.add_argument("-v", "--verbose", action="store_true", help="log loading and timing details")
+
+    d = sub.add_parser("demo", help="run T2V end to end on a tiny random-weight checkpoint",
+                       description="Write a tiny random-weight T2V checkpoint in the official layout "
+                                   "and generate a short mp4 from it (seconds on a CPU).")
+    d.add_argument("--out", default="wan_demo.mp4", help="output mp4 (default wan_demo.mp4)")
+    d.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    d.add_argument("--ckpt_dir", default=None,
+                   help="where to write the tiny checkpoint (default: a cache folder)")
+    d.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+# -- generate -------------------------------------------------------------------------------------
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def build_parallel(args, task: Task) -> ParallelConfig:
+    num_gpus, gpu_ids = args.num_gpus
+    if _under_torchrun():
+        num_gpus, gpu_ids = int(os.environ["WORLD_SIZE"]), None
+    cfg_degree = 2 if args.cfg_parallel else 1
+    ulysses = args.ulysses_size
+    if ulysses is None:
+        ulysses = max(1, num_gpus // cfg_degree)
+    spec = TASKS[task]
+    if args.offload is not None:
+        offload = OffloadMode(args.offload)
+    else:
+        offload_model = args.offload_model if args.offload_model is not None else num_gpus == 1
+        offload = (OffloadMode.EXPERTS if (offload_model and spec.moe and not args.dit_fsdp)
+                   else OffloadMode.NONE)
+    return ParallelConfig(num_gpus=num_gpus, gpu_ids=gpu_ids, ulysses_size=ulysses,
+                          cfg_parallel=args.cfg_parallel, dit_fsdp=args.dit_fsdp, t5_fsdp=args.t5_fsdp,
+                          t5_cpu=args.t5_cpu, offload=offload)
+
+
+def build_spec(args, task: Task) -> EngineSpec:
+    device = args.device or _default_device()
+    if device not in ("cuda", "cpu") and not device.startswith("cuda:"):
+        raise ConfigError(f"--device {device!r}: use cuda or cpu")
+    if args.dtype is not None:
+        dtype = ParamDtype(args.dtype)
+    elif args.convert_model_dtype or device.startswith("cuda"):
+        dtype = ParamDtype.BF16
+    else:
+        dtype = ParamDtype.FP32
+    return EngineSpec(task=task, ckpt_dir=str(args.ckpt_dir), device=device, param_dtype=dtype,
+                      parallel=build_parallel(args, task), attention=AttentionBackend(args.attention))
+
+
+def build_request(args, task: Task) -> GenerateRequest:
+    from .io.images import load_image_tensor
+
+    spec = TASKS[task]
+    image = None
+    if args.image is not None:
+        if not spec.accepts_image:
+            raise ConfigError(f"--image is not used by {task.value}; use i2v-A14B or ti2v-5B for image-to-video")
+        image = load_image_tensor(args.image)
+    elif spec.needs_image:
+        raise ConfigError(f"{task.value} needs an input image: pass --image FILE")
+    prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPT.get(task, "")
+    return GenerateRequest(
+        prompt=prompt, neg_prompt=args.neg_prompt,
+        size=parse_size(args.size) if args.size else None,
+        frame_num=args.frame_num, steps=args.sample_steps, shift=args.sample_shift,
+        guide_scale=GuideScale.parse(args.sample_guide_scale) if args.sample_guide_scale is not None else None,
+        boundary=args.boundary, solver=Solver.parse(args.sample_solver), seed=args.base_seed, image=image)
+
+
+def default_save_file(args, task: Task, ulysses_size: int, prompt: str) -> str:
+    """The official name: {task}_{size}_{ulysses}_{prompt[:50]}_{YYYYmmdd_HHMMSS}.mp4."""
+    size = args.size or TASKS[task].default_size
+    if sys.platform == "win32":
+        size = size.replace("*", "x")
+    formatted_prompt = prompt.replace(" ", "_").replace("/", "_")[:50]
+    stamp = datetime.now().strftime("%Y%m%d_%H%M%S")
+    return f"{task.value}_{size}_{ulysses_size}_{formatted_prompt}_{stamp}.mp4"
+
+
+class ProgressBars:
+    """One tqdm bar per phase on stderr, fed by `Progress` reports."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.phase = None
+        self.bar = None
+
+    def __call__(self, p) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if p.phase != self.phase or self.bar is None or self.bar.total != p.total:
+            self.close()
+            self.phase = p.phase
+            self.bar = tqdm(total=p.total, desc=f"{p.phase:>7}", file=sys.stderr, leave=True,
+                            dynamic_ncols=True)
+        self.bar.n = p.step
+        if p.message:
+            self.bar.set_postfix_str(p.message, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def precheck(spec: EngineSpec, request: GenerateRequest):
+    """Everything that can be checked without loading weights; returns the RunPlan."""
+    from .loading.detect import dit_folders, read_config
+    from .pipeline.engine import check_checkpoint
+    from .pipeline.video_tasks import resolve_request
+
+    task = Task.parse(spec.task)
+    check_checkpoint(spec.ckpt_dir, task)
+    heads = int(read_config(next(iter(dit_folders(spec.ckpt_dir, task).values()))).get(
+        "num_heads", TASKS[task].num_heads))
+    spec.parallel.validate(heads)
+    if spec.parallel.cfg_parallel:
+        from .distributed.cfg_parallel import validate_guidance
+        g = request.guide_scale or GuideScale(*TASKS[task].guide_scale)
+        validate_guidance(True, g)
+    if OffloadMode(spec.parallel.offload) != OffloadMode.NONE:
+        from .distributed.offload import validate_offload
+        validate_offload(OffloadMode(spec.parallel.offload), moe=TASKS[task].moe,
+                         dit_fsdp=spec.parallel.dit_fsdp)
+    return resolve_request(task, request, sp_size=spec.parallel.ulysses_size)
+
+
+def _save_outputs(result, save_file: str, save_latent: Optional[str]) -> None:
+    from .io.video import write_mp4
+
+    if result.video is not None:
+        write_mp4(result.video, save_file, fps=result.fps)
+        print(f"saved {save_file} ({result.video.shape[0]} frames, {result.video.shape[2]}x"
+              f"{result.video.shape[1]}, {result.fps} fps, seed {result.seed})", file=sys.stderr)
+    if save_latent:
+        from safetensors.torch import save_file
+
+        Path(save_latent).parent.mkdir(parents=True, exist_ok=True)
+        save_file({"latent": result.latent.contiguous()}, save_latent,
+                  metadata={"seed": str(result.seed), "fps": str(result.fps)})
+        print(f"saved latent {save_latent} {tuple(result.latent.shape)}", file=sys.stderr)
+
+
+def _run_in_process(spec: EngineSpec, request: GenerateRequest, bars: ProgressBars):
+    from .pipeline.engine import WanEngine
+    from .pipeline.progress import RunHooks
+
+    engine = WanEngine(spec, on_progress=bars)
+    try:
+        return engine.generate(request, RunHooks(on_progress=bars))
+    finally:
+        bars.close()
+
+
+def _run_torchrun(spec: EngineSpec, request: GenerateRequest, bars: ProgressBars):
+    import torch
+    import torch.distributed as tdist
+
+    from .distributed.context import DistContext
+    from .pipeline.engine import WanEngine
+    from .pipeline.progress import RunHooks
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if spec.device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device("cuda", local_rank), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    tdist.init_process_group(backend=backend)
+    try:
+        dctx = DistContext.from_initialized(spec.parallel, device)
+        if dctx.rank != 0:
+            bars.enabled = False
+        engine = WanEngine(spec, dctx, on_progress=bars)
+        result = engine.generate(request, RunHooks(on_progress=bars))
+        dctx.barrier()
+        return result
+    finally:
+        bars.close()
+        tdist.destroy_process_group()
+
+
+def _run_group(spec: EngineSpec, request: GenerateRequest, bars: ProgressBars):
+    from .client import EngineClient
+
+    client = EngineClient(spec)
+    try:
+        return client.generate(request, on_progress=bars, should_cancel=lambda: False)
+    finally:
+        bars.close()
+        client.close()
+
+
+def cmd_generate(args) -> int:
+    task = Task.parse(args.task)
+    if task == Task.S2V_14B:
+        raise ConfigError("s2v-14B is not available from this command yet; use the ComfyUI nodes")
+    spec = build_spec(args, task)
+    request = build_request(args, task)
+    plan = precheck(spec, request)
+    for text in plan.warnings:
+        log.warning(text)
+    if request.seed < 0:   # agree on one random seed before any worker starts (official: broadcast)
+        from dataclasses import replace
+        request = replace(request, seed=plan.seed)
+    save_file = args.save_file or default_save_file(args, task, spec.parallel.ulysses_size, request.prompt)
+    bars = ProgressBars(enabled=True)
+    if _under_torchrun():
+        result = _run_torchrun(spec, request, bars)
+    elif spec.parallel.num_gpus > 1:
+        result = _run_group(spec, request, bars)
+    else:
+        result = _run_in_process(spec, request, bars)
+    if result is not None:
+        _save_outputs(result, save_file, args.save_latent)
+    return 0
+
+
+# -- entry ----------------------------------------------------------------------------------------
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        if args.command == "generate":
+            return cmd_generate(args)
+        if args.command == "demo":
+            from .demo import run_demo
+            return run_demo(out=args.out, device=args.device, ckpt_dir=args.ckpt_dir)
+        parser.error(f"unknown command {args.command!r}")
+    except Cancelled as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 130
+    except WorkerFailure as exc:
+        if exc.user_error:
+            print(f"error: {exc.message}", file=sys.stderr)
+            return 2
+        print(f"error: worker rank {exc.rank} failed: {exc.exc_type}: {exc.message}", file=sys.stderr)
+        if exc.traceback:
+            print(exc.traceback, file=sys.stderr)
+        return 1
+    except WanEngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":   # pragma: no cover
+    sys.exit(main())
