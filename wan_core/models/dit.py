@@ -111,7 +111,12 @@ class WanSelfAttention(nn.Module):
         q = self.norm_q(linear(x, self.q)).view(b, s, n, d)
         k = self.norm_k(linear(x, self.k)).view(b, s, n, d)
         v = linear(x, self.v).view(b, s, n, d)
-        out = self.attn(rope_apply(q, rope), rope_apply(k, rope), v, k_lens)
+        # RoPE in float64 -> float32 (official), then q/k in v's dtype: fp32 params stay fp32 (exact on
+        # CPU); bf16 params give bf16 q/k/v, which is what the official flash_attention casts to (and
+        # halves the Ulysses all-to-all traffic).
+        q = rope_apply(q, rope, out_dtype=v.dtype)
+        k = rope_apply(k, rope, out_dtype=v.dtype)
+        out = self.attn(q, k, v, k_lens)
         return linear(out.flatten(2), self.o)
 
 
@@ -310,7 +315,9 @@ class WanModel(nn.Module):
 
         ctx = self.embed_text(context, b)
         rope = self.rope_table(grid, seq_len, device)
-        k_lens = torch.full((b,), n_tok, dtype=torch.int32, device=device)
+        # Real token count per sample (global, also under token sharding). Kept on the CPU: kernels
+        # read it with .tolist(), which would otherwise sync the GPU in every block.
+        k_lens = torch.full((b,), n_tok, dtype=torch.int32)
 
         sharding = self.token_sharding
         if sharding is not None:

@@ -80,18 +80,20 @@ def table_from_positions(f_pos: torch.Tensor, h_pos: torch.Tensor, w_pos: torch.
     return torch.cat(parts, dim=-1)
 
 
-def rope_apply(x: torch.Tensor, table: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """Rotate x [B, L, N, D] by table [L, D/2] complex128 -> float32 [B, L, N, D].
+def rope_apply(x: torch.Tensor, table: torch.Tensor, chunk: int = 8192,
+               out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rotate x [B, L, N, D] by table [L, D/2] complex128 -> [B, L, N, D] in `out_dtype`.
 
-    Computed in float64 (official); processed in token chunks so the float64 temporaries stay small
-    at 75k tokens.
+    Computed in float64 and rounded to float32 (official), then to `out_dtype`; processed in token
+    chunks so the float64 temporaries stay small at 75k tokens.
     """
     b, seq, n, d = x.shape
-    assert table.shape[0] == seq, (table.shape, x.shape)
+    if table.shape[0] != seq:
+        raise ValueError(f"RoPE table has {table.shape[0]} rows for {seq} tokens")
     table = table.to(x.device)
-    out = torch.empty(b, seq, n, d, dtype=torch.float32, device=x.device)
+    out = torch.empty(b, seq, n, d, dtype=out_dtype, device=x.device)
     for s in range(0, seq, chunk):
         e = min(seq, s + chunk)
         xc = torch.view_as_complex(x[:, s:e].to(torch.float64).reshape(b, e - s, n, d // 2, 2))
-        out[:, s:e] = torch.view_as_real(xc * table[None, s:e, None, :]).flatten(3)
+        out[:, s:e] = torch.view_as_real(xc * table[None, s:e, None, :]).flatten(3).float()
     return out
