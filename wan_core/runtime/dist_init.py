@@ -1,0 +1,76 @@
+"""Joining a process group: for our own workers (a TCPStore from the client) and under torchrun.
+
+NCCL on CUDA (one visible GPU per worker, so always `cuda:<local index>`), gloo on CPU. The
+DistContext built afterwards adds the Ulysses/CFG sub-groups and the gloo control group that
+carries the per-step stop flag (`distributed/context.py`).
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Callable, Optional
+
+from ..config import EngineSpec, GenerateRequest, GenerateResult
+from ..errors import ConfigError
+
+
+def init_distributed(spec: EngineSpec, rank: int, world_size: int, *, store=None,
+                     local_device: int = 0, timeout_s: float = 1800.0):
+    """`init_process_group` for this rank, then the DistContext of `spec.parallel`.
+
+    `store`: a `torch.distributed.Store` (our workers: a PrefixStore over the client's TCPStore);
+    None reads the torchrun environment (`env://`)."""
+    import torch
+    import torch.distributed as dist
+
+    from ..distributed.context import DistContext
+
+    if spec.device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"device 'cuda' was asked for but rank {rank} sees no GPU "
+                f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); use device 'cpu' "
+                "or check the GPU ids")
+        torch.cuda.set_device(local_device)
+        device = torch.device("cuda", local_device)
+        backend = "nccl"
+    elif spec.device == "cpu":
+        device = torch.device("cpu")
+        backend = "gloo"
+    else:
+        raise ConfigError(f"device {spec.device!r} is not supported; use 'cuda' or 'cpu'")
+    kwargs = dict(backend=backend, rank=rank, world_size=world_size,
+                  timeout=timedelta(seconds=timeout_s))
+    if store is not None:
+        kwargs["store"] = store
+    else:
+        kwargs["init_method"] = "env://"
+    if device.type == "cuda":
+        kwargs["device_id"] = device   # eager NCCL init: errors surface here, not mid-run
+    dist.init_process_group(**kwargs)
+    return DistContext.from_initialized(spec.parallel, device)
+
+
+def run_under_torchrun(spec: EngineSpec, request: GenerateRequest,
+                       on_progress: Optional[Callable] = None) -> Optional[GenerateResult]:
+    """Run one request in a group launched by `torchrun --nproc-per-node N` (each launched process
+    calls this). Joins the launched group, loads the engine, generates; rank 0 returns the result
+    (others None); the group is destroyed afterwards. `on_progress` is called on rank 0 only."""
+    import torch.distributed as dist
+
+    from ..pipeline.engine import RunHooks, WanEngine
+
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    except KeyError:
+        raise ConfigError("run_under_torchrun needs RANK and WORLD_SIZE (start it with torchrun)") from None
+    if world != spec.parallel.num_gpus:
+        raise ConfigError(f"torchrun started {world} processes but num_gpus={spec.parallel.num_gpus}; "
+                          f"pass --nproc-per-node {spec.parallel.num_gpus}")
+    ctx = init_distributed(spec, rank, world, local_device=int(os.environ.get("LOCAL_RANK", rank)))
+    try:
+        engine = WanEngine(spec, ctx)
+        hooks = RunHooks(on_progress=on_progress if rank == 0 else None)
+        return engine.generate(request, hooks)
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,242 @@
+"""One rank of a worker group: `python -m wan_core.runtime.worker --rank R ...` (started by
+`runtime.group.WorkerGroup`, never by hand).
+
+Order matters: the lifeline watchdog and the parent-death signal come first (nothing may outlive
+the client), then the control connection (Hello -> WorkerConfig), then the process group and the
+engine, loaded once. While idle the rank blocks on its own connection, never in a collective
+(collectives time out; docs/runtime.md §2.3). A reader thread takes every message so that a cancel
+or a status query is served while the main thread runs the engine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import queue
+import sys
+import threading
+import time
+import traceback
+from multiprocessing.connection import Client
+from typing import Optional
+
+from ..errors import Cancelled
+from . import protocol as P
+from .lifeline import EXIT_PARENT_GONE, die_with_parent, watch_lifeline
+from .transport import Channel, sweep
+
+
+def memory_stats(device) -> dict:
+    """Resident set size of this process, and the CUDA allocator's counters on a GPU."""
+    stats: dict = {}
+    try:
+        with open("/proc/self/statm") as f:
+            stats["rss_bytes"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    if device is not None and device.type == "cuda":
+        import torch
+
+        stats.update(allocated_bytes=torch.cuda.memory_allocated(device),
+                     peak_allocated_bytes=torch.cuda.max_memory_allocated(device),
+                     reserved_bytes=torch.cuda.memory_reserved(device))
+        free, total = torch.cuda.mem_get_info(device)
+        stats.update(free_bytes=free, total_bytes=total)
+    return stats
+
+
+def _describe_device(device) -> str:
+    if device is None or device.type != "cuda":
+        return "cpu"
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    uuid = getattr(props, "uuid", None)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return f"{device} ({props.name}{', GPU-' + str(uuid) if uuid else ''}; CUDA_VISIBLE_DEVICES={visible})"
+
+
+def _versions() -> dict:
+    import torch
+
+    v = {"python": platform.python_version(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        v["cuda"] = torch.version.cuda
+        try:
+            v["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        except Exception:  # noqa: BLE001 - informational only
+            pass
+    return v
+
+
+class Worker:
+    def __init__(self, rank: int, cfg: P.WorkerConfig, channel: Channel) -> None:
+        self.rank = rank
+        self.cfg = cfg
+        self.channel = channel
+        self.phase = "starting"
+        self.device = None
+        self.engine = None
+        self.jobs: "queue.SimpleQueue[Optional[P.Generate]]" = queue.SimpleQueue()
+        self._cancel: dict[int, threading.Event] = {}
+
+    # -- messages (reader thread) ---------------------------------------------------------------
+
+    def read_loop(self) -> None:
+        while True:
+            try:
+                msg = self.channel.recv()
+            except (EOFError, OSError):
+                self._exit(EXIT_PARENT_GONE)   # the client hung up: nothing left to serve
+            except Exception:  # noqa: BLE001 - an unreadable message: die loudly, the client reports it
+                traceback.print_exc()
+                self._exit(1)
+            if isinstance(msg, P.Generate):
+                self._cancel[msg.request_id] = threading.Event()
+                self.jobs.put(msg)
+            elif isinstance(msg, P.Cancel):
+                event = self._cancel.get(msg.request_id)
+                if event is not None:
+                    event.set()
+            elif isinstance(msg, P.StatusQuery):
+                self._send(P.RankStatus(rank=self.rank, pid=os.getpid(), phase=self.phase,
+                                        device=str(self.device or "?"),
+                                        memory=self._memory(), query_id=msg.query_id))
+            elif isinstance(msg, P.Shutdown):
+                self.jobs.put(None)
+
+    def _memory(self) -> dict:
+        try:
+            return memory_stats(self.device)
+        except Exception as exc:  # noqa: BLE001 - a status reply must not kill the reader
+            return {"error": repr(exc)}
+
+    def _send(self, msg) -> None:
+        try:
+            self.channel.send(msg)
+        except (OSError, EOFError):
+            self._exit(EXIT_PARENT_GONE)
+
+    def _exit(self, code: int) -> None:
+        sweep(self.cfg.shm_prefix)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    # -- main thread ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Join the group and load the engine; raises what went wrong."""
+        import torch.distributed as dist
+
+        from ..pipeline.engine import WanEngine
+        from .dist_init import init_distributed
+
+        self.phase = "joining the process group"
+        store = dist.TCPStore("127.0.0.1", self.cfg.store_port, is_master=False,
+                              timeout=_td(self.cfg.pg_timeout_s))
+        ctx = init_distributed(self.cfg.spec, self.rank, self.cfg.world_size,
+                               store=dist.PrefixStore(self.cfg.store_prefix, store),
+                               timeout_s=self.cfg.pg_timeout_s)
+        self.device = ctx.device
+        self.phase = "loading"
+
+        def on_load_progress(p) -> None:
+            self.phase = f"loading: {p.message or p.phase}"
+
+        self.engine = WanEngine(self.cfg.spec, ctx, on_progress=on_load_progress)
+
+    def serve(self) -> None:
+        while True:
+            self.phase = "idle"
+            job = self.jobs.get()
+            if job is None:
+                return
+            self._send(self.run(job))
+
+    def run(self, job: P.Generate):
+        from ..pipeline.engine import RunHooks
+
+        rid = job.request_id
+        stop = self._cancel[rid]
+
+        def on_progress(p) -> None:
+            step = f" {p.step}/{p.total}" if p.total else ""
+            self.phase = f"generating: {p.phase}{step}"
+            if self.rank == 0:
+                self._send(P.ProgressEvent.from_progress(rid, p))
+
+        self.phase = "generating"
+        try:
+            result = self.engine.generate(job.request, RunHooks(on_progress=on_progress,
+                                                                should_stop=stop.is_set))
+            return P.Finished(rid, self.rank, result if self.rank == 0 else None)
+        except Cancelled as exc:
+            return P.Stopped(rid, self.rank, exc.step)
+        except Exception as exc:  # noqa: BLE001 - reported to the client with its traceback
+            traceback.print_exc()
+            return P.Failed.from_exception(self.rank, rid, exc)
+        finally:
+            self._cancel.pop(rid, None)
+
+
+def _td(seconds: float):
+    from datetime import timedelta
+
+    return timedelta(seconds=seconds)
+
+
+def _shutdown_process_group(timeout_s: float = 2.0) -> None:
+    """destroy_process_group can block when peers are gone; give it a moment, not more."""
+    def destroy() -> None:
+        try:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - we exit right after
+            pass
+
+    t = threading.Thread(target=destroy, daemon=True)
+    t.start()
+    t.join(timeout_s)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m wan_core.runtime.worker")
+    ap.add_argument("--rank", type=int, required=True)
+    ap.add_argument("--control", required=True, help="AF_UNIX path of the client's listener")
+    ap.add_argument("--lifeline-fd", type=int, required=True)
+    ap.add_argument("--parent-pid", type=int, required=True)
+    ap.add_argument("--token", required=True, help="the group's shared-memory name prefix")
+    args = ap.parse_args(argv)
+    own_shm = f"{args.token}r{args.rank}_"
+
+    watch_lifeline(args.lifeline_fd, before_exit=lambda: sweep(own_shm))
+    die_with_parent(args.parent_pid)
+    authkey = bytes.fromhex(os.environ.pop(P.AUTHKEY_ENV))
+    channel = Channel(Client(args.control, family="AF_UNIX", authkey=authkey), shm_prefix=own_shm)
+    channel.send(P.Hello(rank=args.rank, pid=os.getpid()))
+    cfg: P.WorkerConfig = channel.recv()
+    worker = Worker(args.rank, cfg, channel)
+    threading.Thread(target=worker.read_loop, name="wan-reader", daemon=True).start()
+
+    t0 = time.perf_counter()
+    try:
+        worker.start()
+    except BaseException as exc:  # noqa: BLE001 - reported, then this rank exits
+        traceback.print_exc()
+        worker._send(P.Failed.from_exception(args.rank, None, exc))
+        worker._exit(1)
+    worker.phase = "idle"
+    worker._send(P.Ready(rank=args.rank, pid=os.getpid(), device=_describe_device(worker.device),
+                         versions=_versions(), memory=worker._memory(),
+                         load_s=time.perf_counter() - t0))
+    worker.serve()
+    _shutdown_process_group()
+    worker._exit(0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
