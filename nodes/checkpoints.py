@@ -1,0 +1,72 @@
+"""The checkpoint folder: `models/wan22/` (plus any `wan22:` entry of extra_model_paths.yaml).
+
+The loader's checkpoint widget lists the sub-folders that look like an official Wan2.2 download; the
+value the prompt carries is one of those names, and `resolve` maps a name back to its folder only if
+it is still listed. So a prompt can never make the workers open an arbitrary path.
+"""
+from __future__ import annotations
+
+import os
+
+FOLDER = "wan22"
+NONE_FOUND = "(no checkpoint in models/wan22)"
+
+LAYOUT_NOTE = """\
+models/wan22/ holds one folder per checkpoint, exactly as downloaded from Hugging Face:
+  Wan2.2-T2V-A14B/  (or I2V-A14B)   high_noise_model/ and low_noise_model/ (config.json + shards
+                                    + index each), models_t5_umt5-xxl-enc-bf16.pth, Wan2.1_VAE.pth,
+                                    google/umt5-xxl/
+  Wan2.2-TI2V-5B/                   config.json + shards + index, models_t5_umt5-xxl-enc-bf16.pth,
+                                    Wan2.2_VAE.pth, google/umt5-xxl/
+  Wan2.2-S2V-14B/                   config.json + shards + index, models_t5_umt5-xxl-enc-bf16.pth,
+                                    Wan2.1_VAE.pth, google/umt5-xxl/, wav2vec2-large-xlsr-53-english/
+e.g. huggingface-cli download Wan-AI/Wan2.2-T2V-A14B --local-dir ComfyUI/models/wan22/Wan2.2-T2V-A14B"""
+
+
+def register() -> None:
+    """Add `models/wan22` to ComfyUI's folder registry (idempotent; runs when the pack loads)."""
+    import folder_paths
+
+    folder_paths.add_model_folder_path(FOLDER, os.path.join(folder_paths.models_dir, FOLDER))
+
+
+def _roots() -> list[str]:
+    try:
+        import folder_paths
+
+        return folder_paths.get_folder_paths(FOLDER)
+    except (ImportError, KeyError):
+        return []
+
+
+def looks_like_checkpoint(path: str) -> bool:
+    """An official layout: a DiT config.json at the top (TI2V-5B, S2V-14B) or in the experts'
+    folders (A14B). Completeness is the engine's business: it names what is missing or corrupt."""
+    return (os.path.isfile(os.path.join(path, "config.json"))
+            or os.path.isfile(os.path.join(path, "high_noise_model", "config.json")))
+
+
+def list_checkpoints() -> list[str]:
+    names = set()
+    for root in _roots():
+        try:
+            entries = list(os.scandir(root))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir() and not entry.name.startswith(".") and looks_like_checkpoint(entry.path):
+                names.add(entry.name)
+    return sorted(names, key=str.lower)
+
+
+def resolve(name: str) -> str:
+    """Folder of a listed checkpoint; raises CheckpointError with the layout when it is not there."""
+    from wan_core.errors import CheckpointError
+
+    if name in list_checkpoints():
+        for root in _roots():
+            path = os.path.join(root, name)
+            if looks_like_checkpoint(path):
+                return os.path.abspath(path)
+    where = ", ".join(_roots()) or "models/wan22"
+    raise CheckpointError(f"checkpoint {name!r} is not a checkpoint folder in {where}.\n{LAYOUT_NOTE}")

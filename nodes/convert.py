@@ -1,0 +1,71 @@
+"""Conversions between ComfyUI's values and the engine's (pure torch, no ComfyUI import).
+
+ComfyUI:  IMAGE  float32 [B, H, W, C] in [0, 1] (C = 3, or 4 with alpha)
+          AUDIO  {"waveform": float [B, C, T], "sample_rate": int}
+engine:   image  float32 [3, H, W] in [0, 1]  (GenerateRequest.image)
+          video  uint8 [F, H, W, 3]           (GenerateResult.video)
+"""
+from __future__ import annotations
+
+from wan_core.errors import InputError
+
+from .types import AudioClip
+
+
+def image_to_engine(image):
+    """First picture of a ComfyUI IMAGE batch -> [3, H, W] float32 in [0, 1] (alpha dropped)."""
+    import torch
+
+    if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[-1] not in (1, 3, 4):
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise InputError(f"the image input must be a ComfyUI IMAGE [B, H, W, C], got {shape}")
+    picture = image[0, :, :, :3].float()
+    if picture.shape[-1] == 1:
+        picture = picture.expand(-1, -1, 3)
+    return picture.permute(2, 0, 1).clamp(0.0, 1.0).contiguous().cpu()
+
+
+def engine_to_image(image):
+    """[3, H, W] in [0, 1] -> IMAGE [1, H, W, 3] (the inverse of image_to_engine for RGB)."""
+    return image.permute(1, 2, 0)[None].float().contiguous()
+
+
+def video_to_frames(video):
+    """Engine frames uint8 [F, H, W, 3] -> IMAGE [F, H, W, 3] float32 in [0, 1]."""
+    import torch
+
+    if not isinstance(video, torch.Tensor) or video.dim() != 4 or video.shape[-1] != 3:
+        raise InputError(f"expected decoded frames [F, H, W, 3], got "
+                         f"{tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__}")
+    if video.dtype == torch.uint8:
+        return video.float().div_(255.0)
+    return video.float().clamp(0.0, 1.0)
+
+
+def frames_to_video(frames):
+    """IMAGE [F, H, W, 3] in [0, 1] -> uint8 [F, H, W, 3] (round to nearest)."""
+    import torch
+
+    return frames.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+
+
+def audio_from_comfy(audio) -> AudioClip:
+    """ComfyUI AUDIO -> mono clip of the first batch item (channels averaged)."""
+    import torch
+
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        raise InputError("the audio input must be a ComfyUI AUDIO (from LoadAudio): a dict with "
+                         "'waveform' [B, C, T] and 'sample_rate'")
+    wave = audio["waveform"]
+    if not isinstance(wave, torch.Tensor) or wave.dim() != 3 or wave.shape[-1] == 0:
+        raise InputError(f"AUDIO waveform must be a non-empty tensor [B, C, T], got "
+                         f"{tuple(wave.shape) if isinstance(wave, torch.Tensor) else type(wave).__name__}")
+    rate = int(audio["sample_rate"])
+    if rate <= 0:
+        raise InputError(f"AUDIO sample_rate={rate} must be positive")
+    return AudioClip(waveform=wave[0].float().mean(dim=0).contiguous().cpu(), sample_rate=rate)
+
+
+def audio_to_comfy(clip: AudioClip) -> dict:
+    """Mono clip -> ComfyUI AUDIO [1, 1, T]."""
+    return {"waveform": clip.waveform.float().reshape(1, 1, -1), "sample_rate": int(clip.sample_rate)}

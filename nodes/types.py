@@ -1,0 +1,70 @@
+"""The values that travel on this pack's sockets, and their socket type names.
+
+Each is a small frozen dataclass, passed by reference between nodes and never serialised. The
+socket names are part of saved workflows: keep them stable.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from wan_core.config import EngineSpec, GenerateResult, GuideScale, Task
+
+ENGINE = "WAN22MG_ENGINE"
+TEXT = "WAN22MG_TEXT"
+EXPERTS = "WAN22MG_EXPERTS"
+AUDIO = "WAN22MG_AUDIO"
+LATENT = "WAN22MG_LATENT"
+
+
+@dataclass(frozen=True)
+class EngineHandle:
+    """What the loader outputs: the spec of a worker group, not the group itself.
+
+    The live group belongs to the process-wide registry (nodes/registry.py), which starts it on
+    first use, restarts it when it died and ends it on /free or Wan22MGRelease. A handle therefore
+    stays valid whatever happened to the group since the loader ran (ComfyUI caches the loader's
+    output across prompts)."""
+
+    spec: EngineSpec
+    checkpoint: str          # the name the user picked (a folder under models/wan22/)
+
+    @property
+    def task(self) -> Task:
+        return self.spec.task
+
+
+@dataclass(frozen=True)
+class TextPrompt:
+    """Prompt and negative prompt. The engine's T5 encodes them inside the sampler's request, on the
+    workers (t5_fsdp / t5_cpu apply there), so the text never crosses the process boundary twice.
+    An empty negative prompt means the task's official one."""
+
+    prompt: str
+    negative: str = ""
+
+
+@dataclass(frozen=True)
+class ExpertRouting:
+    """MoE routing of the A14B tasks: the switch point and the guidance of each expert."""
+
+    boundary: float
+    guide: GuideScale
+
+
+@dataclass(frozen=True)
+class AudioClip:
+    """Mono waveform for S2V: float32 [T] in [-1, 1] at `sample_rate` Hz."""
+
+    waveform: object
+    sample_rate: int
+
+
+@dataclass(frozen=True)
+class WanLatent:
+    """A sampler result: the final latent, the decoded frames (the workers decode on the GPUs
+    that hold the VAE, in the same request) and the fps; S2V adds the audio to mux."""
+
+    result: GenerateResult
+    task: Task
+    audio: Optional[AudioClip] = None

@@ -1,0 +1,173 @@
+// Wan2.2 Multi-GPU: frontend extension (ComfyUI frontend >= 1.2x).
+// - the loader shows only the widgets that apply: no Ulysses/CFG-parallel/FSDP with one GPU, no
+//   offload with DiT FSDP, no T5 FSDP with T5 on the CPU; ulysses_size snaps to a degree that
+//   divides the task's head count and gpus follows ulysses_size x (2 with cfg_parallel);
+// - a status line on the loader: each rank's phase and memory, from GET /wan22mg/status and the
+//   wan22mg.progress events the sampler sends.
+// Nothing here is needed to run prompts: API users never load it, and the server validates alone.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const LOADER = "Wan22MGModelLoader";
+const HEADS = { "t2v-A14B": 40, "i2v-A14B": 40, "ti2v-5B": 24, "s2v-14B": 40 };
+const MULTI_GPU_ONLY = ["ulysses_size", "cfg_parallel", "dit_fsdp", "t5_fsdp"];
+const STATUS = "wan22mg_status";
+const POLL_MS = 3000;
+
+const widget = (node, name) => node.widgets?.find((w) => w.name === name);
+
+export function validDegrees(heads, max = 8) {
+  const out = [];
+  for (let d = 1; d <= max; d++) if (heads % d === 0) out.push(d);
+  return out;
+}
+
+function nearest(values, v) {
+  return values.reduce((best, x) => (Math.abs(x - v) < Math.abs(best - v) ? x : best), values[0]);
+}
+
+function setHidden(node, name, hidden) {
+  const w = widget(node, name);
+  if (w && w.hidden !== hidden) {
+    w.hidden = hidden;
+    return true;
+  }
+  return false;
+}
+
+// gpus = ulysses_size x cfg degree; ulysses_size must divide the head count.
+function reconcile(node, changed) {
+  const v = (n) => widget(node, n)?.value;
+  const heads = HEADS[v("task")] ?? 40;
+  const cfg = v("cfg_parallel") ? 2 : 1;
+  const degrees = validDegrees(heads);
+  const gpus = widget(node, "gpus");
+  const uly = widget(node, "ulysses_size");
+  if (!gpus || !uly) return;
+  if (changed === "ulysses_size") {
+    uly.value = nearest(degrees, uly.value);
+    gpus.value = Math.min(8, uly.value * cfg);
+  } else if (gpus.value % cfg === 0 && degrees.includes(gpus.value / cfg)) {
+    uly.value = gpus.value / cfg;
+  }
+  node.wan22mgLayoutError =
+    gpus.value !== uly.value * cfg
+      ? `gpus=${gpus.value} cannot be split as cfg ${cfg} x ulysses (valid ulysses: ${degrees.join(", ")})`
+      : null;
+}
+
+function applyVisibility(node) {
+  const v = (n) => widget(node, n)?.value;
+  const single = (v("gpus") ?? 1) <= 1;
+  let changed = false;
+  for (const name of MULTI_GPU_ONLY) changed = setHidden(node, name, single) || changed;
+  changed = setHidden(node, "t5_fsdp", single || !!v("t5_cpu")) || changed;
+  changed = setHidden(node, "offload", !single && !!v("dit_fsdp")) || changed;
+  if (changed) {
+    node.setSize([node.size[0], node.computeSize()[1]]);
+    node.setDirtyCanvas?.(true, true);
+  }
+}
+
+function formatBytes(n) {
+  if (!n) return "0";
+  const gib = n / 1024 ** 3;
+  return gib >= 1 ? `${gib.toFixed(1)} GiB` : `${(n / 1024 ** 2).toFixed(0)} MiB`;
+}
+
+export function statusText(status, taskFilter) {
+  const groups = (status?.groups ?? []).filter((g) => !taskFilter || g.task === taskFilter);
+  if (!groups.length) return "no workers running";
+  return groups
+    .map((g) => {
+      const ranks = Array.isArray(g.ranks) ? g.ranks : g.ranks?.ranks;
+      const per = Array.isArray(ranks)
+        ? ranks
+            .map((r) => {
+              const m = r.memory ?? {};
+              const mem = m.allocated_bytes != null ? formatBytes(m.allocated_bytes) : formatBytes(m.rss_bytes);
+              return `r${r.rank} ${r.phase ?? "?"} ${mem}`;
+            })
+            .join(" | ")
+        : "";
+      return `${g.layout}: ${g.phase}${per ? " — " + per : ""}`;
+    })
+    .join("\n");
+}
+
+function setupLoader(node) {
+  if (!widget(node, STATUS)) {
+    const w = node.addWidget("text", STATUS, "", () => {}, { serialize: false });
+    w.serialize = false;
+    w.disabled = true;
+    w.label = "status";
+  }
+  for (const name of ["task", "gpus", "ulysses_size", "cfg_parallel", "dit_fsdp", "t5_cpu"]) {
+    const w = widget(node, name);
+    if (!w || w.wan22mgHooked) continue;
+    const orig = w.callback;
+    w.callback = function (...args) {
+      const r = orig?.apply(this, args);
+      reconcile(node, name);
+      applyVisibility(node);
+      return r;
+    };
+    w.wan22mgHooked = true;
+  }
+  reconcile(node, null);
+  applyVisibility(node);
+}
+
+let lastStatus = null;
+function refreshStatusWidgets(extra) {
+  for (const node of app.graph?.nodes ?? []) {
+    if (node.comfyClass !== LOADER) continue;
+    const w = widget(node, STATUS);
+    if (!w) continue;
+    let text = node.wan22mgLayoutError ?? statusText(lastStatus, widget(node, "task")?.value);
+    if (extra && !node.wan22mgLayoutError) text = `${extra}\n${text}`;
+    if (w.value !== text) {
+      w.value = text;
+      node.setDirtyCanvas?.(true, false);
+    }
+  }
+}
+
+async function poll() {
+  try {
+    const res = await api.fetchApi("/wan22mg/status");
+    if (res.ok) {
+      lastStatus = await res.json();
+      window.__wan22mgStatus = lastStatus;
+      refreshStatusWidgets();
+    }
+  } catch (e) {
+    // server restarting: keep the last status
+  }
+}
+
+app.registerExtension({
+  name: "wan22mg.ui",
+
+  async setup() {
+    api.addEventListener("wan22mg.progress", (ev) => {
+      window.__wan22mgLastProgress = ev.detail;
+      refreshStatusWidgets(ev.detail?.text);
+    });
+    api.addEventListener("executing", (ev) => {
+      if (ev.detail == null || ev.detail?.node == null) poll();
+    });
+    await poll();
+    setInterval(() => {
+      if (document.visibilityState === "visible") poll();
+    }, POLL_MS);
+  },
+
+  nodeCreated(node) {
+    if (node.comfyClass === LOADER) setupLoader(node);
+  },
+
+  loadedGraphNode(node) {
+    if (node.comfyClass === LOADER) setupLoader(node);
+  },
+});
