@@ -305,3 +305,19 @@ def test_bf16_parameters_run(golden, model_of):
     assert out.dtype == torch.float32
     err = rel_err(out[0], g["high_noise_model_t999_cond"])
     assert err < 2e-2, f"bf16 rel_err {err:.2e}"
+
+
+def test_per_token_time_embedding_dedup(model_of):
+    """Long per-token t is embedded once per distinct value and indexed: same rows as embedding each."""
+    model = model_of("ti2v", "model")
+    t = torch.full((2, 300), 713.0)
+    t[0, :100] = 0
+    t[1, 250:] = 999
+    with torch.no_grad():
+        e, e0 = model.embed_time(t)
+        for value in (0.0, 713.0, 999.0):
+            e1, e01 = model.embed_time(torch.tensor([[value]]))
+            sel = t == value
+            torch.testing.assert_close(e[sel], e1[0].expand(int(sel.sum()), -1), rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(e0[sel], e01[0].expand(int(sel.sum()), -1, -1), rtol=1e-6, atol=1e-6)
+    assert e.shape == (2, 300, model.cfg.dim) and e0.shape == (2, 300, 6, model.cfg.dim)

@@ -230,10 +230,18 @@ class WanModel(nn.Module):
     def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """t [B, Lt] -> e [B, Lt, dim], e0 [B, Lt, 6, dim], float32 (sinusoid in float64)."""
         b, lt = t.shape
-        sin = sinusoidal_embedding_1d(self.cfg.freq_dim, t.flatten()).float()
+        flat = t.flatten()
+        inverse = None
+        if flat.numel() > 64:
+            # Per-token t holds a few distinct values (TI2V image mode: 0 and the step's t): embed
+            # each value once and index, instead of a [27k, dim] x [dim, 6*dim] fp32 matmul per call.
+            flat, inverse = torch.unique(flat, return_inverse=True)
+        sin = sinusoidal_embedding_1d(self.cfg.freq_dim, flat).float()
         te = self.time_embedding
         e = linear_fp32(F.silu(linear_fp32(sin, te[0])), te[2])
         e0 = linear_fp32(F.silu(e), self.time_projection[1])
+        if inverse is not None:
+            e, e0 = e[inverse], e0[inverse]
         return e.view(b, lt, -1), e0.view(b, lt, 6, -1)
 
     def embed_text(self, context: Union[torch.Tensor, Sequence[torch.Tensor]], batch: int) -> torch.Tensor:
