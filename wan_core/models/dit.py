@@ -281,6 +281,15 @@ class WanModel(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context, seq_len: int,
                 y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One denoiser call.
+
+        x: [B, C, F, H, W] noisy latent (C + Cy == in_dim). t: [B] (one timestep per sample; the
+        modulation stays [B, 1, ...] and broadcasts) or [B, seq_len] (per token, TI2V).
+        context: [B, Lc, text_dim] or a list of B tensors [Lc_i, text_dim] (Lc <= text_len; zero-padded
+        to text_len here, no cross-attention mask, as the official code). seq_len: padded token
+        count (>= tokens of x; a multiple of the token-sharding degree when sharded). y: [B, Cy, F, H, W]
+        conditioning concatenated after x's channels (i2v). Returns [B, out_dim, F, H, W] float32.
+        """
         cfg = self.cfg
         if cfg.model_type == "i2v" and y is None:
             raise ValueError("the i2v model needs y (mask + image latent) concatenated to x")
