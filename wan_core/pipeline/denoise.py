@@ -25,7 +25,9 @@ Tensor = torch.Tensor
 
 
 class ModelProvider(Protocol):
-    """Gives the DiT for an expert, making it resident first if it was offloaded."""
+    """Gives the DiT for an expert, making it resident first if it was offloaded
+    (`pipeline.parallelize.expert_provider`). `prefetch(expert)`, when present, starts making the
+    next expert resident while the current one computes."""
 
     def get(self, expert: Expert) -> torch.nn.Module: ...
 
@@ -113,15 +115,19 @@ def denoise(models: ModelProvider, scheduler, inputs: DenoiseInputs, dist, hooks
     if trace is not None:
         trace("call00_x_in", latent.detach().float().cpu())
     timesteps = [int(t) for t in scheduler.timesteps]
+    experts = [inputs.schedule.expert_for(t) for t in timesteps]
+    prefetch = getattr(models, "prefetch", None)
     total = len(timesteps)
     start = time.perf_counter()
     with torch.no_grad():
         for step, t in enumerate(timesteps):
             if dist.agree_stop(hooks.stop_requested()):
                 raise Cancelled(step)
-            expert = inputs.schedule.expert_for(t)
+            expert = experts[step]
             guide = inputs.schedule.guide_for(t)
             model = models.get(expert)
+            if prefetch is not None and step + 1 < total and experts[step + 1] != expert:
+                prefetch(experts[step + 1])   # the copy overlaps this step's compute
             noise_pred = guidance(model, expert, latent, inputs.timestep_input(t), guide)
             latent = scheduler.step(noise_pred[None], scheduler.timesteps[step], latent[None])[0]
             if inputs.post_step is not None:

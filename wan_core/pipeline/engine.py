@@ -64,36 +64,6 @@ def check_checkpoint(ckpt_dir, task: Task) -> None:
                                   f"{rel} (from the official Wan2.2 download)")
 
 
-class ExpertSet:
-    """The DiT(s) of a task by expert; `get(expert)` makes the asked one resident.
-
-    With `offload_experts` the inactive expert is moved to the CPU before the active one is moved
-    to the device, so one expert's worth of device memory suffices (the official single-GPU
-    behaviour, `init_on_cpu`)."""
-
-    def __init__(self, models: dict[Expert, torch.nn.Module], device: torch.device,
-                 offload_experts: bool = False) -> None:
-        self.models = models
-        self.device = device
-        self.offload_experts = offload_experts and len(models) > 1
-        self.active: Optional[Expert] = None
-
-    def get(self, expert: Expert) -> torch.nn.Module:
-        model = self.models[expert]
-        if self.offload_experts and self.active != expert:
-            for other, m in self.models.items():
-                if other != expert:
-                    m.to("cpu")
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            model.to(self.device)
-            self.active = expert
-        return model
-
-    def all(self):
-        return list(self.models.values())
-
-
 class WanEngine:
     """Loads the models of `spec.task` once; `generate(request, hooks)` makes one video."""
 
@@ -122,19 +92,21 @@ class WanEngine:
 
         folders = dit_folders(ckpt, self.task)
         dit_cfg = read_config(next(iter(folders.values())))
-        spec.parallel.validate(int(dit_cfg.get("num_heads", self.task_spec.num_heads)))
+        par = spec.parallel
+        from .parallelize import validate as validate_parallel
+
+        validate_parallel(par, num_heads=int(dit_cfg.get("num_heads", self.task_spec.num_heads)),
+                          moe=self.task_spec.moe)
+        if self.dist.world_size != par.num_gpus:
+            raise ConfigError(f"the engine was given {self.dist.world_size} rank(s) but num_gpus="
+                              f"{par.num_gpus}; start one process per GPU")
         self.text_len = int(text_len or dit_cfg.get("text_len", 512))
         dtype = ParamDtype(spec.param_dtype).torch_dtype
-        offload = OffloadMode(spec.parallel.offload)
+        offload = OffloadMode(par.offload)
 
         hooks.report(Phase.LOAD, 0, 3, start, "loading the text encoder")
         t0 = time.perf_counter()
-        from .text import TextEncoder
-
-        self.t5_device = torch.device("cpu") if (spec.parallel.t5_cpu or offload != OffloadMode.NONE) \
-            else self.device
-        self.t5_offload = offload != OffloadMode.NONE and not spec.parallel.t5_cpu and self.device.type != "cpu"
-        self.text_encoder = TextEncoder(ckpt, text_len=self.text_len, device=self.t5_device, dtype=dtype)
+        self._load_text_encoder(ckpt, dtype, offload)
         self.load_timings["t5"] = time.perf_counter() - t0
 
         hooks.report(Phase.LOAD, 1, 3, start, "loading the VAE")
@@ -144,27 +116,35 @@ class WanEngine:
 
         hooks.report(Phase.LOAD, 2, 3, start, "loading the diffusion model")
         t0 = time.perf_counter()
-        from ..loading.checkpoint import load_dit
         from ..models.attention import resolve_backend
+        from .parallelize import expert_provider
 
         kernel = resolve_backend(getattr(spec.attention, "value", spec.attention), self.device)
         self.attention = kernel.name
-        offload_experts = offload == OffloadMode.EXPERTS and self.task_spec.moe
-        models: dict[Expert, torch.nn.Module] = {}
-        for name, folder in folders.items():
-            expert = Expert(name)
-            first = not models
-            where = self.device if (not offload_experts or first) else torch.device("cpu")
-            models[expert] = load_dit(folder, dtype=dtype, device=where, kernel=kernel)
-        self.models = ExpertSet(models, self.device, offload_experts=offload_experts)
-        if offload_experts:
-            self.models.active = next(iter(models))
-        self._parallelize()
+        dits = {Expert(name): self._load_dit(folder, dtype, offload, kernel)
+                for name, folder in folders.items()}
+        self.models = expert_provider(dits, self.dist, par)
         self.load_timings["dit"] = time.perf_counter() - t0
         self.load_timings["total"] = time.perf_counter() - start
         hooks.report(Phase.LOAD, 3, 3, start, "models loaded")
 
     # -- loading helpers ----------------------------------------------------------------------
+
+    def _load_text_encoder(self, ckpt: Path, dtype: torch.dtype, offload: OffloadMode) -> None:
+        """T5 on the CPU (t5_cpu), sharded (t5_fsdp), waiting on the CPU between runs (offload), or
+        resident on the device."""
+        from .parallelize import parallelize_t5
+        from .text import TextEncoder
+
+        par = self.spec.parallel
+        on_cpu = par.t5_cpu or par.t5_fsdp or (offload != OffloadMode.NONE)
+        self.text_encoder = TextEncoder(ckpt, text_len=self.text_len,
+                                        device="cpu" if on_cpu else self.device, dtype=dtype)
+        if par.t5_fsdp:
+            parallelize_t5(self.text_encoder.model, self.dist, par)
+        # Moved to the device for each encode and back afterwards (official offload_model).
+        self.t5_offload = (offload != OffloadMode.NONE and not par.t5_cpu and not par.t5_fsdp
+                           and self.device.type != "cpu")
 
     def _load_vae(self, ckpt: Path):
         from ..loading.vae import load_vae
@@ -172,16 +152,29 @@ class WanEngine:
         return load_vae(ckpt / self.task_spec.vae_file, self.task_spec.vae, device=self.device,
                         dtype=torch.float32)
 
-    def _parallelize(self) -> None:
-        """Apply the parallel strategies of spec.parallel (Ulysses, FSDP2, block offload)."""
-        par = self.spec.parallel
-        needs = (self.dist.world_size > 1 or OffloadMode(par.offload) == OffloadMode.BLOCKS)
-        if not needs:
-            return
-        from . import parallelize as par_mod
+    def _load_dit(self, folder: Path, dtype: torch.dtype, offload: OffloadMode, kernel):
+        """One DiT, loaded and parallelised the way `spec.parallel` asks (pipeline/parallelize.py)."""
+        from ..loading.checkpoint import TensorSource, load_dit
+        from ..loading.detect import detect_variant, read_config
+        from ..models.dit import DiTConfig, WanModel
+        from .parallelize import parallelize_dit
 
-        for expert, model in self.models.models.items():
-            self.models.models[expert] = par_mod.parallelize_dit(model, par, self.dist)
+        par = self.spec.parallel
+        if par.dit_fsdp:   # rank-local: each rank reads only its rows of each tensor
+            cfg_dict = read_config(folder)
+            with TensorSource.from_folder(folder) as source:
+                detect_variant(folder, source.keys(), cfg_dict)
+                try:
+                    cfg = DiTConfig.from_dict(cfg_dict)
+                except (TypeError, ValueError) as exc:
+                    raise CheckpointError(f"{folder / 'config.json'}: {exc}") from None
+                with torch.device("meta"):
+                    model = WanModel(cfg, kernel=kernel)
+                parallelize_dit(model, self.dist, par, source=source, dtype=dtype)
+            return model.eval()
+        where = torch.device("cpu") if offload != OffloadMode.NONE else self.device
+        model = load_dit(folder, dtype=dtype, device=where, kernel=kernel)
+        return parallelize_dit(model, self.dist, par)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -205,6 +198,10 @@ class WanEngine:
     def plan(self, request: GenerateRequest) -> RunPlan:
         """Validate and resolve `request` (no model work); agreed across ranks for random seeds."""
         plan = resolve_request(self.task_spec, request, sp_size=self.dist.ulysses_size)
+        if self.spec.parallel.cfg_parallel:
+            from ..distributed.cfg_parallel import validate_guidance
+
+            validate_guidance(True, plan.schedule.guide)
         if request.seed is not None and request.seed < 0 and self.dist.world_size > 1:
             from dataclasses import replace
 

@@ -248,10 +248,10 @@ def run_video_task(plan: RunPlan, comp: Components, dist, hooks: RunHooks, *, ba
     timings[Phase.DENOISE] = time.perf_counter() - t0
 
     video = None
+    if dist.agree_stop(hooks.stop_requested()):   # every rank, decode or not: same collective count
+        from ..errors import Cancelled
+        raise Cancelled(plan.steps)
     if plan.decode:
-        if dist.agree_stop(hooks.stop_requested()):
-            from ..errors import Cancelled
-            raise Cancelled(plan.steps)
         if dist.rank == 0:
             t0 = time.perf_counter()
             hooks.report(Phase.DECODE, 0, 1, t0, "decoding the video")
