@@ -6,9 +6,10 @@ Tolerances (rel_err = max|a - e| / max|e|):
   implementation can differ only by summation order (GEMM blocking), ~1e-6 for this depth. Measured
   here: 0.0 (same operations in the same order). Any real mistake (1/sqrt(d) scaling, a wrong
   bucket, erf GELU, no key mask) moves the output by > 1e-3.
-- bf16 encoder vs `raw_out_bf16cpu`: 1e-2. bf16 kernels may round differently from the CPU ones
-  the golden used (measured on CPU: 0.0). 1e-2 is well under the 3.7 % by which the bf16 golden
-  differs from fp32, so a run that silently computed in fp32 (or in bf16 with bf16 norms) fails.
+- bf16 encoder vs `raw_out_bf16cpu`: 2e-2. bf16 GEMMs of other kernels round differently from the
+  CPU ones the golden used, and the roundings compound over the layers: measured 0.0 on this CPU
+  and 0.99e-2 on an H200 (fp32 on the H200: 2.8e-6). 2e-2 is still under the 3.7 % by which the
+  bf16 golden differs from fp32, so a run that silently computed in fp32 fails.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from conftest import rel_err
 
 FP32_TOL = 1e-5
-BF16_TOL = 1e-2
+BF16_TOL = 2e-2
 
 PROMPTS = (
     "Two anthropomorphic cats in comfy boxing gear fight on a stage.",
@@ -103,7 +104,7 @@ def test_raw_bf16(golden, encoder):
     err = rel_err(out.float(), g["raw_out_bf16cpu"])
     assert err <= BF16_TOL, f"rel_err {err:.2e} vs raw_out_bf16cpu"
     # The check discriminates: fp32 output is 3.7 % away from the bf16 golden.
-    assert rel_err(g["raw_out_fp32"], g["raw_out_bf16cpu"]) > 3 * BF16_TOL
+    assert rel_err(g["raw_out_fp32"], g["raw_out_bf16cpu"]) > 1.5 * BF16_TOL
 
 
 def test_loaded_on_meta_without_fp32_copy(shared_ckpt, monkeypatch):
@@ -174,8 +175,8 @@ def test_wrong_state_dict_is_reported(tmp_path):
 @pytest.mark.gpu
 @torch.no_grad()
 def test_cuda_bf16_and_fp32(golden, encoder):
-    """GPU run: fp32 within 1e-5 (TF32 is off by default for matmuls) and bf16 within the bf16
-    tolerance of the CPU bf16 golden."""
+    """GPU run: fp32 within 1e-5 (TF32 is off by default for matmuls; H200: 2.8e-6) and bf16
+    within the bf16 tolerance of the CPU bf16 golden (H200: 0.99e-2)."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     g = golden("t5")

@@ -6,8 +6,11 @@
 encoder's dtype, on its device. The DiT zero-pads the rows back to `text_len` itself.
 
 Loading never holds two full copies of the weights: the module is built on the meta device, the
-file is memory-mapped, and each tensor is converted to the target dtype/device and assigned before
-the next one. At real size (5.7 B parameters) that is 11.4 GB in bf16 or 22.7 GB in fp32.
+file is memory-mapped, each tensor is converted to the target dtype/device in turn (dropping its
+mapped source), and the results are assigned to the module without a further copy. At real size
+(5.7 B parameters) that is 11.4 GB in bf16 or 22.7 GB in fp32. Measured on an H200 with a real-size
+random checkpoint: bf16 or fp32 to CUDA in 5-6 s with 0.4 GB of anonymous host memory at peak and
+GPU memory equal to the weights (11.4 / 22.8 GB); bf16 on the CPU stays memory-mapped (no copy).
 """
 from __future__ import annotations
 
@@ -58,8 +61,10 @@ def load_t5_encoder(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     if missing or unexpected:
         raise CheckpointError(f"T5 checkpoint {path} does not match the umT5 encoder layout: "
                               f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    for key in list(sd):  # one tensor at a time: the mapped source page is dropped as we go
-        sd[key] = sd[key].to(device=device, dtype=dtype)
+    for key in list(sd):  # one tensor at a time: the mapped source is dropped as we go
+        # Move first, then convert: a combined .to() converts on the CPU, which for fp32 on CUDA
+        # would make a 4 GB host temporary of the real embedding.
+        sd[key] = sd[key].to(device=device).to(dtype=dtype)
     try:
         model.load_state_dict(sd, strict=True, assign=True)
     except RuntimeError as exc:  # shape mismatch inside an otherwise complete file
