@@ -5,7 +5,7 @@ import math
 
 from wan_core.config import (TASKS, AttentionBackend, EngineSpec, OffloadMode, ParallelConfig,
                              ParamDtype, Task)
-from wan_core.errors import ConfigError
+from wan_core.errors import Cancelled, ConfigError
 
 from . import checkpoints
 from .progress import NodeProgress
@@ -99,7 +99,11 @@ class Wan22MGModelLoader:
         spec = build_spec(task, checkpoints.resolve(checkpoint), gpus, ulysses_size, cfg_parallel,
                           dit_fsdp, t5_fsdp, t5_cpu, offload, dtype, attention, device, gpu_ids)
         relay = NodeProgress(unique_id)
-        REGISTRY.ensure(spec, relay.on_progress)
+        try:
+            REGISTRY.ensure(spec, relay.on_progress, relay.should_cancel)
+        except Cancelled:
+            relay.raise_if_interrupted()   # -> execution_interrupted
+            raise
         return (EngineHandle(spec=spec, checkpoint=checkpoint),)
 
 

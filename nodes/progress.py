@@ -18,10 +18,12 @@ _LABELS = {"load": "loading", "shard": "sharding", "encode": "encoding", "denois
 
 
 def describe(phase: str, step: Optional[int], total: Optional[int], message: str = "") -> str:
-    """'step 3/40', 'loading', 'decoding: clip 2' ..."""
+    """The engine's own message ('step 3/40 (high_noise_model)', 'decoding the video'...), else
+    'step 3/40', 'loading', 'decoding'..."""
+    if message:
+        return message
     label = _LABELS.get(phase, phase)
-    text = f"{label} {step}/{total}" if phase == "denoise" and total else label
-    return f"{text}: {message}" if message else text
+    return f"{label} {step}/{total}" if phase == "denoise" and total else label
 
 
 def _server():
@@ -61,17 +63,13 @@ class NodeProgress:
             self._update_bar(int(step or 0), int(total))
 
     def _update_bar(self, step: int, total: int) -> None:
-        import comfy.model_management
         import comfy.utils
 
         if self._bar is None or self._bar.total != total:
             self._bar = comfy.utils.ProgressBar(total, node_id=self.node_id)
-        try:
-            self._bar.update_absolute(step, total)
-        except comfy.model_management.InterruptProcessingException:
-            # ComfyUI's progress hook raises once Cancel was pressed. Raising here would leave the
-            # workers running; should_cancel() now answers True and the engine stops them.
-            pass
+        # ComfyUI's progress hook raises InterruptProcessingException once Cancel was pressed; the
+        # engine client then stops every rank and re-raises it (-> execution_interrupted).
+        self._bar.update_absolute(step, total)
 
     @staticmethod
     def should_cancel() -> bool:

@@ -48,54 +48,66 @@ class _Group:
 class EngineRegistry:
     def __init__(self, client_factory: Optional[Callable] = None) -> None:
         self._lock = threading.RLock()
+        self._start_lock = threading.Lock()
+        self.starting: Optional[str] = None     # layout of the group being started, if any
         self._groups: dict[EngineSpec, _Group] = {}
         self._factory = client_factory
         self.loads = 0          # groups started since the server started (a reload counts)
         self.releases = 0
 
     # ------------------------------------------------------------------ start / reuse
-    def _new_client(self, spec: EngineSpec, on_progress) -> object:
+    def _new_client(self, spec: EngineSpec, should_cancel) -> object:
         if self._factory is not None:
-            return self._factory(spec, on_progress)
+            return self._factory(spec, should_cancel)
         from wan_core.client import EngineClient
 
-        return EngineClient(spec, on_progress=on_progress)
+        return EngineClient(spec, should_cancel=should_cancel)
 
-    def ensure(self, spec: EngineSpec, on_progress=None) -> _Group:
-        """The live group for `spec`, started (and loaded) if needed."""
-        with self._lock:
-            group = self._groups.get(spec)
-            if group is not None and not _alive(group.client):
-                log.warning("Wan2.2 worker group for %s is gone; restarting it", spec.ckpt_dir)
-                self._drop(group)
-                group = None
-            if group is None:
+    def ensure(self, spec: EngineSpec, on_progress=None, should_cancel=None) -> _Group:
+        """The live group for `spec`, started (and loaded: blocks) if needed. `on_progress` hears a
+        'load' phase when a start is needed; `should_cancel` can abort the start."""
+        with self._start_lock:          # one start at a time; status() never waits for it
+            with self._lock:
+                group = self._groups.get(spec)
+                if group is not None and not _alive(group.client):
+                    log.warning("Wan2.2 worker group for %s is gone; restarting it", spec.ckpt_dir)
+                    self._drop(group)
+                    group = None
+                if group is not None:
+                    return group
                 for other in list(self._groups.values()):
                     if _gpu_set(other.spec) & _gpu_set(spec) and not other.busy.locked():
                         log.info("ending the idle Wan2.2 group on GPUs %s to make room",
                                  sorted(_gpu_set(other.spec)))
                         self._drop(other)
-                t0 = time.perf_counter()
-                client = self._new_client(spec, on_progress)
-                group = _Group(spec=spec, client=client, started=time.time(),
-                               load_s=time.perf_counter() - t0)
+                self.starting = _describe(spec)
+            if on_progress is not None:
+                on_progress(_LoadPhase(f"loading the model on {self.starting}"))
+            t0 = time.perf_counter()
+            try:
+                client = self._new_client(spec, should_cancel)
+            finally:
+                self.starting = None
+            group = _Group(spec=spec, client=client, started=time.time(), load_s=time.perf_counter() - t0)
+            with self._lock:
                 self._groups[spec] = group
                 self.loads += 1
-                log.info("Wan2.2 worker group ready in %.1f s: %s", group.load_s, _describe(spec))
+            log.info("Wan2.2 worker group ready in %.1f s: %s", group.load_s, _describe(spec))
             return group
 
     # ------------------------------------------------------------------ run
     def generate(self, spec: EngineSpec, request: GenerateRequest, on_progress=None,
                  should_cancel=None) -> GenerateResult:
-        group = self.ensure(spec, on_progress)
+        group = self.ensure(spec, on_progress, should_cancel)
         try:
             with group.busy:
                 group.phase = "generating"
                 group.requests += 1
                 return group.client.generate(request, on_progress=on_progress, should_cancel=should_cancel)
-        except WorkerFailure as exc:
-            if not exc.user_error or not _alive(group.client):
-                # A crash leaves the group in an unknown state: end it; the next prompt restarts it.
+        except WorkerFailure:
+            if not _alive(group.client):
+                # The client killed a group left inconsistent (a rank died or got stranded): forget
+                # it now; the next prompt starts a new one.
                 group.release_pending = True
             raise
         finally:
@@ -142,21 +154,28 @@ class EngineRegistry:
     def status(self) -> dict:
         with self._lock:
             groups = list(self._groups.values())
-            out = {"loads": self.loads, "releases": self.releases, "groups": []}
+            out = {"loads": self.loads, "releases": self.releases, "starting": self.starting,
+                   "groups": []}
         for g in groups:
             try:
-                ranks = g.client.status()
+                ranks = g.client.status().as_dict()
             except Exception as exc:  # noqa: BLE001 - a status page must answer
-                ranks = {"error": f"{type(exc).__name__}: {exc}"}
+                ranks = {"alive": _alive(g.client), "error": f"{type(exc).__name__}: {exc}"}
             out["groups"].append({
                 "task": g.spec.task.value, "checkpoint": g.spec.ckpt_dir, "layout": _describe(g.spec),
                 "device": g.spec.device, "phase": g.phase, "requests": g.requests,
                 "load_s": round(g.load_s, 2), "started": g.started, "ranks": ranks})
         return out
 
-    def specs(self) -> list[EngineSpec]:
-        with self._lock:
-            return list(self._groups)
+
+@dataclass(frozen=True)
+class _LoadPhase:
+    """A progress report of our own while a group starts (the client reports none until ready)."""
+
+    message: str
+    phase: str = "load"
+    step: Optional[int] = None
+    total: Optional[int] = None
 
 
 def _alive(client) -> bool:
