@@ -3,13 +3,13 @@
 ComfyUI:  IMAGE  float32 [B, H, W, C] in [0, 1] (C = 3, or 4 with alpha)
           AUDIO  {"waveform": float [B, C, T], "sample_rate": int}
 engine:   image  float32 [3, H, W] in [0, 1]  (GenerateRequest.image)
+          audio  wan_core.io.audio.AudioInput (GenerateRequest.audio)
           video  uint8 [F, H, W, 3]           (GenerateResult.video)
 """
 from __future__ import annotations
 
 from wan_core.errors import InputError
 
-from .types import AudioClip
 
 
 def image_to_engine(image):
@@ -49,9 +49,11 @@ def frames_to_video(frames):
     return frames.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
 
 
-def audio_from_comfy(audio) -> AudioClip:
-    """ComfyUI AUDIO -> mono clip of the first batch item (channels averaged)."""
+def audio_from_comfy(audio):
+    """ComfyUI AUDIO -> the engine's AudioInput (first batch item, channels kept: the engine mixes
+    to mono and resamples to 16 kHz exactly as the official pipeline does)."""
     import torch
+    from wan_core.io.audio import AudioInput
 
     if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
         raise InputError("the audio input must be a ComfyUI AUDIO (from LoadAudio): a dict with "
@@ -60,12 +62,14 @@ def audio_from_comfy(audio) -> AudioClip:
     if not isinstance(wave, torch.Tensor) or wave.dim() != 3 or wave.shape[-1] == 0:
         raise InputError(f"AUDIO waveform must be a non-empty tensor [B, C, T], got "
                          f"{tuple(wave.shape) if isinstance(wave, torch.Tensor) else type(wave).__name__}")
-    rate = int(audio["sample_rate"])
-    if rate <= 0:
-        raise InputError(f"AUDIO sample_rate={rate} must be positive")
-    return AudioClip(waveform=wave[0].float().mean(dim=0).contiguous().cpu(), sample_rate=rate)
+    return AudioInput(waveform=wave[0].detach().float().cpu().numpy(), sample_rate=int(audio["sample_rate"]))
 
 
-def audio_to_comfy(clip: AudioClip) -> dict:
-    """Mono clip -> ComfyUI AUDIO [1, 1, T]."""
-    return {"waveform": clip.waveform.float().reshape(1, 1, -1), "sample_rate": int(clip.sample_rate)}
+def audio_to_comfy(samples, sample_rate: int) -> dict:
+    """float samples [C, T] or [T] -> ComfyUI AUDIO [1, C, T]."""
+    import torch
+
+    wave = torch.as_tensor(samples, dtype=torch.float32)
+    if wave.dim() == 1:
+        wave = wave[None]
+    return {"waveform": wave[None].contiguous(), "sample_rate": int(sample_rate)}

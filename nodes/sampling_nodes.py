@@ -109,5 +109,17 @@ class Wan22MGDecode:
         result = latent.result
         if result.video is None:
             raise InputError("this result was not decoded by the engine (decode=False)")
-        audio = audio_to_comfy(latent.audio) if latent.audio is not None else None
-        return (video_to_frames(result.video), float(result.fps), audio)
+        frames = video_to_frames(result.video)
+        return (frames, float(result.fps), _audio_for(latent, frames.shape[0] / float(result.fps)))
+
+
+def _audio_for(latent: WanLatent, duration_s: float):
+    """S2V: the driving audio, cut to the video's duration (the official mux uses -shortest)."""
+    if latent.result.audio is not None:
+        samples, rate = latent.result.audio
+    elif latent.audio is not None:
+        track = latent.audio.load()
+        samples, rate = track.samples, track.sample_rate
+    else:
+        return None
+    return audio_to_comfy(samples[..., :int(round(duration_s * rate))], rate)

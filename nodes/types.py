@@ -53,18 +53,11 @@ class ExpertRouting:
 
 
 @dataclass(frozen=True)
-class AudioClip:
-    """Mono waveform for S2V: float32 [T] in [-1, 1] at `sample_rate` Hz."""
-
-    waveform: object
-    sample_rate: int
-
-
-@dataclass(frozen=True)
 class WanLatent:
     """A sampler result: the final latent, the decoded frames (the workers decode on the GPUs
-    that hold the VAE, in the same request) and the fps; S2V adds the audio to mux."""
+    that hold the VAE, in the same request) and the fps; S2V adds the driving audio
+    (`wan_core.io.audio.AudioInput`, the WAN22MG_AUDIO value) to mux."""
 
     result: GenerateResult
     task: Task
-    audio: Optional[AudioClip] = None
+    audio: Optional[object] = None

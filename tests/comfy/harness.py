@@ -332,7 +332,16 @@ class Frontend:
             "() => window.app && window.app.graph && window.LiteGraph && "
             "Object.keys(window.LiteGraph.registered_node_types || {}).length > 0 && document.querySelector('canvas')")
         self.page.wait_for_timeout(1500)   # extension setup() hooks
+        self.close_dialogs()
         return self
+
+    def close_dialogs(self) -> None:
+        """The first start of a fresh profile opens the template browser: close it."""
+        for _ in range(3):
+            if not self.page.query_selector("[role=dialog]"):
+                break
+            self.page.keyboard.press("Escape")
+            self.page.wait_for_timeout(300)
 
     def __exit__(self, *exc) -> None:
         try:

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Regenerate the example workflows (workflows/*.json, ComfyUI UI format) through the real frontend.
+
+    python scripts/comfy_workflows.py [--screenshots docs/images] [--only NAME]
+
+Starts the ComfyUI that scripts/comfy_setup.sh installed, with this pack linked in and empty
+stand-in checkpoint folders named like the official downloads (so the loader's checkpoint widget
+offers those names), then for each workflow below: builds the graph from its API-format definition
+with the frontend's own `app.loadApiJson`, places the nodes, adds a Note saying which files go
+where, and saves `app.graph.serialize()`. Every value is the task's official default; the 2-GPU
+versions use the official multi-GPU layout (`--dit_fsdp --t5_fsdp --ulysses_size 2`).
+Run it with the project's Python (Playwright); tests/comfy checks the result.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "comfy"))
+
+import harness  # noqa: E402
+from wan_core.config import TASKS, Task  # noqa: E402
+
+OFFICIAL_FOLDERS = {Task.T2V_A14B: "Wan2.2-T2V-A14B", Task.I2V_A14B: "Wan2.2-I2V-A14B",
+                    Task.TI2V_5B: "Wan2.2-TI2V-5B", Task.S2V_14B: "Wan2.2-S2V-14B"}
+PROMPTS = {
+    Task.T2V_A14B: "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely "
+                   "on a spotlighted stage.",
+    Task.I2V_A14B: "Summer beach vacation style, a white cat wearing sunglasses sits on a surfboard. "
+                   "The fluffy-furred feline gazes directly at the camera with a relaxed expression. "
+                   "Blurred beach scenery forms the background featuring crystal-clear waters, distant "
+                   "green hills, and a blue sky dotted with white clouds.",
+    Task.TI2V_5B: "Two anthropomorphic cats in comfy boxing gear and bright gloves fight intensely "
+                  "on a spotlighted stage.",
+    Task.S2V_14B: "A person is talking to the camera in a bright room, natural head motion.",
+}
+IMAGE = "example.png"                 # ships with ComfyUI (input/example.png)
+AUDIO = "wan22_s2v_speech.wav"        # the user's own speech recording, in ComfyUI/input/
+
+
+def note_text(task: Task, gpus: int) -> str:
+    spec = TASKS[task]
+    folder = OFFICIAL_FOLDERS[task]
+    if spec.moe:
+        dit = "  high_noise_model/  and  low_noise_model/   (config.json + shards + index.json each)"
+    else:
+        dit = "  config.json, diffusion_pytorch_model-*.safetensors + .index.json"
+    extra = "\n  wav2vec2-large-xlsr-53-english/" if task == Task.S2V_14B else ""
+    layout = ("1 GPU. " + ("The idle MoE expert waits in CPU memory (offload=experts), as the "
+                           "official --offload_model True; a 80 GB GPU holds 720p." if spec.moe else
+                           "T5 runs on the CPU (t5_cpu), as the official 24 GB recipe.")
+              if gpus == 1 else
+              f"{gpus} GPUs: Ulysses {gpus} + DiT and T5 FSDP, the official "
+              f"torchrun --nproc_per_node={gpus} ... --dit_fsdp --t5_fsdp --ulysses_size {gpus}. "
+              "More GPUs: raise gpus and ulysses_size together (or enable cfg_parallel).")
+    inputs = {Task.I2V_A14B: f"\nPut the start image in ComfyUI/input/ and pick it in Load Image.",
+              Task.TI2V_5B: "\nText-to-video as shipped; connect a Load Image to the sampler's image for "
+                            "image-to-video.",
+              Task.S2V_14B: f"\nPut the reference image and the speech audio ({AUDIO}) in "
+                            "ComfyUI/input/."}.get(task, "")
+    return (f"Wan2.2 {task.value}: where the files go\n\n"
+            f"ComfyUI/models/wan22/{folder}/   (the Hugging Face download Wan-AI/{folder}, unchanged)\n"
+            f"{dit}\n  models_t5_umt5-xxl-enc-bf16.pth\n  {spec.vae_file}\n  google/umt5-xxl/{extra}\n\n"
+            f"huggingface-cli download Wan-AI/{folder} --local-dir ComfyUI/models/wan22/{folder}\n\n"
+            f"{layout}{inputs}\n\n"
+            f"Official defaults: {spec.default_size.replace('*', 'x')}, {spec.frame_num} frames at "
+            f"{spec.fps} fps, {spec.sample_steps} steps, shift {spec.sample_shift:g}. An empty "
+            "negative prompt uses the official one.")
+
+
+def api_workflow(task: Task, gpus: int) -> tuple[dict, dict]:
+    """(API prompt, {node id: [x, y]}) with the task's official defaults."""
+    spec = TASKS[task]
+    w, h = (int(v) for v in spec.default_size.split("*"))
+    loader = {"task": task.value, "checkpoint": OFFICIAL_FOLDERS[task], "gpus": gpus,
+              "ulysses_size": gpus, "cfg_parallel": False, "dit_fsdp": gpus > 1, "t5_fsdp": gpus > 1,
+              "t5_cpu": gpus == 1 and not spec.moe,
+              "offload": "experts" if gpus == 1 and spec.moe else "none",
+              "dtype": "bf16", "attention": "auto", "device": "cuda", "gpu_ids": ""}
+    p = {
+        "1": {"class_type": "Wan22MGModelLoader", "inputs": loader, "_meta": {"title": "Wan2.2 model (worker group)"}},
+        "2": {"class_type": "Wan22MGTextEncode",
+              "inputs": {"prompt": PROMPTS[task], "negative_prompt": ""}},
+        "4": {"class_type": "Wan22MGSampler", "inputs": {
+            "engine": ["1", 0], "text": ["2", 0], "width": w, "height": h, "length": spec.frame_num,
+            "steps": spec.sample_steps, "shift": spec.sample_shift, "sampler": "unipc", "seed": 42}},
+        "5": {"class_type": "Wan22MGDecode", "inputs": {"latent": ["4", 0]}},
+        "6": {"class_type": "CreateVideo", "inputs": {"images": ["5", 0], "fps": ["5", 1]}},
+        "7": {"class_type": "SaveVideo", "inputs": {"video": ["6", 0], "filename_prefix": f"wan22/{task.value}",
+                                                   "format": "mp4", "format.codec": "h264"}},
+    }
+    pos = {"1": [0, 0], "2": [0, 520], "4": [420, 180], "5": [800, 180], "6": [800, 320], "7": [1120, 180],
+           "note": [-420, 0]}
+    if spec.moe:
+        low, high = spec.guide_scale
+        p["3"] = {"class_type": "Wan22MGExpertRouter", "inputs": {
+            "boundary": spec.boundary, "guidance_high_noise": high, "guidance_low_noise": low}}
+        p["4"]["inputs"]["experts"] = ["3", 0]
+        pos["3"] = [420, 0]
+    if task in (Task.I2V_A14B, Task.S2V_14B):
+        p["8"] = {"class_type": "LoadImage", "inputs": {"image": IMAGE}}
+        p["4"]["inputs"]["image"] = ["8", 0]
+        pos["8"] = [420, 560]
+    if task == Task.S2V_14B:
+        p["9"] = {"class_type": "LoadAudio", "inputs": {"audio": AUDIO}}
+        p["10"] = {"class_type": "Wan22MGAudioEncode", "inputs": {"audio": ["9", 0]}}
+        p["4"]["inputs"]["audio"] = ["10", 0]
+        p["6"]["inputs"]["audio"] = ["5", 2]
+        pos["9"], pos["10"] = [-420, 520], [-420, 700]
+    return p, pos
+
+
+def workflow_name(task: Task, gpus: int) -> str:
+    return f"wan22_{task.value}_{gpus}gpu"
+
+
+ALL = [(task, gpus) for task in (Task.T2V_A14B, Task.I2V_A14B, Task.TI2V_5B, Task.S2V_14B) for gpus in (1, 2)]
+
+_LAYOUT_JS = """
+async ([pos, note, noteTitle]) => {
+  for (const [id, xy] of Object.entries(pos)) {
+    if (id === 'note') continue;
+    const n = app.graph.getNodeById(+id);
+    if (n) n.pos = [xy[0], xy[1]];
+  }
+  const nn = LiteGraph.createNode('Note');
+  nn.title = noteTitle;
+  nn.pos = pos.note;
+  nn.widgets[0].value = note;
+  app.graph.add(nn);
+  nn.size = [400, 480];
+  for (const [type, size] of [['Wan22MGDecode', [250, 90]], ['Wan22MGSampler', [320, 330]]]) {
+    for (const n of app.graph.nodes.filter((n) => n.type === type)) n.size = size;
+  }
+  app.graph.setDirtyCanvas(true, true);
+}
+"""
+
+
+def export(frontend: harness.Frontend, task: Task, gpus: int) -> dict:
+    prompt, pos = api_workflow(task, gpus)
+    frontend.load(prompt, workflow_name(task, gpus) + ".json")
+    frontend.js(_LAYOUT_JS, [pos, note_text(task, gpus), "Read me: where the model files go"])
+    frontend.page.wait_for_timeout(300)
+    return frontend.serialize()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(REPO / "workflows"))
+    ap.add_argument("--screenshots", help="also save PNGs of the workflows in this folder")
+    ap.add_argument("--only", action="append", help="workflow name(s) to regenerate")
+    args = ap.parse_args()
+    comfy, python, why = harness.locate()
+    if comfy is None:
+        print(why, file=sys.stderr)
+        return 2
+    base = Path(tempfile.mkdtemp(prefix="wan22-export-"))
+    try:
+        harness.make_base_dir(base)
+        for task, folder in OFFICIAL_FOLDERS.items():   # stand-ins so the combo offers the names
+            sub = base / "models" / "wan22" / folder / ("high_noise_model" if TASKS[task].moe else "")
+            sub.mkdir(parents=True, exist_ok=True)
+            (sub / "config.json").write_text("{}")
+        (base / "input" / AUDIO).write_bytes(b"")
+        shutil.copyfile(comfy / "input" / IMAGE, base / "input" / IMAGE)
+        server = harness.Server(comfy, python, base).start()
+        try:
+            with harness.Frontend(server.url) as fe:
+                for task, gpus in ALL:
+                    name = workflow_name(task, gpus)
+                    if args.only and name not in args.only:
+                        continue
+                    wf = export(fe, task, gpus)
+                    missing = fe.missing_nodes(wf)
+                    if missing or fe.page_errors:
+                        print(f"{name}: missing {missing}, page errors {fe.page_errors}", file=sys.stderr)
+                        return 1
+                    Path(args.out, name + ".json").write_text(json.dumps(wf, indent=2, ensure_ascii=False) + "\n")
+                    print(f"wrote {args.out}/{name}.json ({len(wf['nodes'])} nodes)")
+                    if args.screenshots:
+                        fe.js("() => app.extensionManager.setting.set('Comfy.Minimap.Visible', false)")
+                        fe.fit_view()
+                        shot = Path(args.screenshots, name + ".png")
+                        shot.parent.mkdir(parents=True, exist_ok=True)
+                        fe.screenshot(str(shot))
+                        print(f"wrote {shot}")
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
