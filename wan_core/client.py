@@ -130,7 +130,8 @@ class EngineClient:
     def close(self) -> None:
         """Stop the workers and free their memory. Idempotent; also runs at interpreter exit."""
         atexit.unregister(self.close)
-        self._group.close()
+        # A busy group would not read Shutdown before its run ends: stop it at once.
+        self._group.close(graceful=self._active is None)
 
     def __enter__(self) -> "EngineClient":
         return self

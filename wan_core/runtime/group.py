@@ -32,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from concurrent.futures import Future
 from dataclasses import dataclass
 from multiprocessing.connection import AuthenticationError, Listener
@@ -342,6 +343,9 @@ class WorkerGroup:
                     if not (self._closing or self.failure is not None):
                         self._drain(rank)
                         self.fail(self._death_failure(rank, code))
+        except Exception as exc:  # noqa: BLE001 - a bug here must not leave the group unwatched
+            self.fail(WorkerFailure(-1, "SupervisorError", f"the worker supervisor failed: {exc!r}",
+                                    traceback.format_exc()))
         finally:
             for fd in pidfds:
                 os.close(fd)
@@ -352,6 +356,12 @@ class WorkerGroup:
             msg = ch.recv()
         except (EOFError, OSError):
             ch.eof = True
+            return
+        except Exception as exc:  # noqa: BLE001 - unpicklable message, lost shm segment...
+            ch.eof = True
+            self.fail(WorkerFailure(rank, "ProtocolError",
+                                    f"cannot read a message from worker rank {rank}: {exc!r}",
+                                    traceback.format_exc()))
             return
         if isinstance(msg, P.RankStatus):
             with self._status_cv:
