@@ -46,12 +46,17 @@ CASE_TIMEOUT_S = 180
 # Rank pool
 
 
-def _rank_main(rank: int, world: int, init_file: str, conn) -> None:
+def _rank_main(rank: int, world: int, init_file: str, conn, backend: str) -> None:
     import torch.distributed as tdist
 
-    torch.set_num_threads(1)          # several ranks share few cores
-    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                             timeout=timedelta(seconds=CASE_TIMEOUT_S))
+    kwargs = {}
+    if backend == "nccl":             # one GPU per rank (test_strategy_gpu.py)
+        torch.cuda.set_device(rank)
+        kwargs["device_id"] = torch.device("cuda", rank)
+    else:
+        torch.set_num_threads(1)      # several ranks share few cores
+    tdist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world,
+                             timeout=timedelta(seconds=CASE_TIMEOUT_S), **kwargs)
     while True:
         msg = conn.recv()
         if msg is None:
@@ -66,7 +71,7 @@ def _rank_main(rank: int, world: int, init_file: str, conn) -> None:
 
 
 class RankPool:
-    def __init__(self, world: int) -> None:
+    def __init__(self, world: int, backend: str = "gloo") -> None:
         # forkserver: one server imports torch and the engine once, every rank is a cheap fork of
         # it (spawn would import torch again per rank; fork from pytest is not thread-safe).
         ctx = mp.get_context("forkserver")
@@ -78,7 +83,7 @@ class RankPool:
         self.conns, self.procs = [], []
         for r in range(world):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_rank_main, args=(r, world, init_file, child), daemon=True)
+            p = ctx.Process(target=_rank_main, args=(r, world, init_file, child, backend), daemon=True)
             p.start()
             self.conns.append(parent)
             self.procs.append(p)
@@ -137,6 +142,35 @@ def pools():
 # Helpers used inside the ranks (module-level so they pickle by name)
 
 
+def rank_device() -> torch.device:
+    """cuda:<rank> on NCCL pools, cpu on gloo pools (and in one process)."""
+    import torch.distributed as tdist
+
+    if tdist.is_initialized() and tdist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def write_synthetic_checkpoint(folder, heads: int = 4, layers: int = 2, seed: int = 0) -> str:
+    """A random DiT in the official single-file layout (config.json + safetensors), fp32."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = build_model({"synthetic": heads, "seed": seed, "layers": layers})
+    cfg = model.cfg
+    (folder / "config.json").write_text(json.dumps({
+        "_class_name": "WanModel", "dim": cfg.dim, "eps": cfg.eps, "ffn_dim": cfg.ffn_dim,
+        "freq_dim": cfg.freq_dim, "in_dim": cfg.in_dim, "model_type": cfg.model_type,
+        "num_heads": cfg.num_heads, "num_layers": cfg.num_layers, "out_dim": cfg.out_dim,
+        "text_len": cfg.text_len}))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(folder / "diffusion_pytorch_model.safetensors"))
+    return str(folder)
+
+
 def rel_err(actual, expected) -> float:
     a, e = actual.double(), expected.double()
     return float((a - e).abs().max() / e.abs().max().clamp_min(1e-30))
@@ -158,7 +192,7 @@ def build_model(spec: dict):
     if "folder" in spec:
         return load_dit(spec["folder"], dtype=torch.float32, device="cpu")
     torch.manual_seed(spec.get("seed", 0))
-    model = WanModel(synthetic_cfg(spec["synthetic"]))
+    model = WanModel(synthetic_cfg(spec["synthetic"], spec.get("layers", 2)))
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
@@ -178,7 +212,7 @@ def dist_ctx(**parallel):
     from wan_core.distributed.context import DistContext
 
     par = ParallelConfig(**parallel)
-    return DistContext.from_initialized(par, "cpu"), par
+    return DistContext.from_initialized(par, rank_device()), par
 
 
 def build_meta(folder: str):
@@ -301,7 +335,7 @@ def case_fsdp(folder: str, grid: tuple[int, int, int]):
 
 
 def case_parallelize(folder: str, grid: tuple[int, int, int], cfg_parallel: bool, ulysses: int,
-                     fsdp: bool):
+                     fsdp: bool, dtype: str = "float32"):
     """parallelize_dit (Ulysses -> FSDP) on one forward vs the plain model."""
     import torch.distributed as tdist
 
@@ -311,10 +345,11 @@ def case_parallelize(folder: str, grid: tuple[int, int, int], cfg_parallel: bool
 
     dist, par = dist_ctx(num_gpus=tdist.get_world_size(), cfg_parallel=cfg_parallel,
                          ulysses_size=ulysses, dit_fsdp=fsdp)
-    plain = load_dit(folder, dtype=torch.float32, device="cpu")
+    dt, dev = getattr(torch, dtype), dist.device
+    plain = load_dit(folder, dtype=dt, device=dev)
     x, ctx, t, n_tok = make_inputs(plain.cfg, *grid)
-    model = build_meta(folder) if fsdp else load_dit(folder, dtype=torch.float32, device="cpu")
-    parallelize_dit(model, dist, par, source=counting_source(folder) if fsdp else None)
+    model = build_meta(folder) if fsdp else load_dit(folder, dtype=dt, device=dev)
+    parallelize_dit(model, dist, par, source=counting_source(folder) if fsdp else None, dtype=dt)
     with torch.no_grad():
         ref = plain(x, t, ctx, n_tok)
         out = model(x, t, ctx, padded_seq_len(n_tok, ulysses))
@@ -323,18 +358,19 @@ def case_parallelize(folder: str, grid: tuple[int, int, int], cfg_parallel: bool
                 wrapped=type(model.blocks[0].self_attn.attn).__name__)
 
 
-def _denoise_inputs(cfg, grid, seq_len, guide, boundary):
+def _denoise_inputs(cfg, grid, seq_len, guide, boundary, device):
     from wan_core.pipeline.denoise import DenoiseInputs, scalar_timestep
     from wan_core.pipeline.experts import ExpertSchedule
 
     x, ctx, _, _ = make_inputs(cfg, *grid, batch=2)
-    return DenoiseInputs(latent=x[0], context=ctx[0], context_null=ctx[1], seq_len=seq_len,
+    return DenoiseInputs(latent=x[0].to(device), context=ctx[0].to(device),
+                         context_null=ctx[1].to(device), seq_len=seq_len,
                          schedule=ExpertSchedule(GuideScale.parse(guide), boundary),
-                         timestep_input=scalar_timestep("cpu"))
+                         timestep_input=scalar_timestep(device))
 
 
 def case_denoise(folders: dict, grid, parallel: dict, steps: int = 4, shift: float = 5.0,
-                 boundary: float = 0.9, guide=(3.0, 4.0)):
+                 boundary: float = 0.9, guide=(3.0, 4.0), dtype: str = "float32"):
     """The pipeline's denoise loop (MoE switch at step 2 of 4, CFG) on the parallel layout vs one
     process with plain models. Under FSDP, counts checkpoint reads and checks shard storage across
     the switch."""
@@ -350,31 +386,60 @@ def case_denoise(folders: dict, grid, parallel: dict, steps: int = 4, shift: flo
     from wan_core.pipeline.schedulers import make_scheduler
 
     dist, par = dist_ctx(num_gpus=tdist.get_world_size(), **parallel)
-    plain = {Expert(k): load_dit(f, dtype=torch.float32, device="cpu") for k, f in folders.items()}
+    dt, dev = getattr(torch, dtype), dist.device
+    plain = {Expert(k): load_dit(f, dtype=dt, device=dev) for k, f in folders.items()}
     cfg = next(iter(plain.values())).cfg
     n_tok = grid[0] * (grid[1] // 2) * (grid[2] // 2)
     sources, models = {}, {}
     for k, f in folders.items():
         if par.dit_fsdp:
             sources[k] = counting_source(f)
-            models[Expert(k)] = parallelize_dit(build_meta(f), dist, par, source=sources[k])
+            models[Expert(k)] = parallelize_dit(build_meta(f), dist, par, source=sources[k], dtype=dt)
         else:
-            models[Expert(k)] = parallelize_dit(load_dit(f, dtype=torch.float32, device="cpu"), dist, par)
+            models[Expert(k)] = parallelize_dit(load_dit(f, dtype=dt, device=dev), dist, par)
     reads_after_load = {k: s.reads for k, s in sources.items()}
     ptrs = {k: local_ptrs(m) for k, m in models.items()} if par.dit_fsdp else {}
 
     ref = denoise(ResidentModels(plain), make_scheduler("unipc", steps, shift),
-                  _denoise_inputs(cfg, grid, n_tok, guide, boundary), DistContext.single("cpu"),
+                  _denoise_inputs(cfg, grid, n_tok, guide, boundary, dev), DistContext.single(dev),
                   RunHooks())
     out = denoise(expert_provider(models, dist, par), make_scheduler("unipc", steps, shift),
-                  _denoise_inputs(cfg, grid, padded_seq_len(n_tok, par.ulysses_size), guide, boundary),
+                  _denoise_inputs(cfg, grid, padded_seq_len(n_tok, par.ulysses_size), guide, boundary,
+                                  dev),
                   dist, RunHooks())
-    return dict(err=rel_err(out, ref), out=out,
+    return dict(err=rel_err(out, ref), out=out.cpu(),
                 reads_after_load=reads_after_load,
                 reads_after_run={k: s.reads for k, s in sources.items()},
                 same_storage={str(k): local_ptrs(m) == ptrs[k] for k, m in models.items()} if ptrs else {},
                 shards={str(k): shard_report(m, dist.world_size) for k, m in models.items()}
                 if par.dit_fsdp else {})
+
+
+def case_t5_fsdp(path: str):
+    """parallelize_t5 (t5_fsdp, rank-local from the .pth) vs the plain encoder, fp32."""
+    import torch.distributed as tdist
+
+    from wan_core.loading.checkpoint import TensorSource, load_pth
+    from wan_core.models.t5 import T5Config, T5Encoder
+    from wan_core.pipeline.parallelize import parallelize_t5
+    from wan_core.pipeline.text import load_t5_encoder
+
+    world = tdist.get_world_size()
+    dist, par = dist_ctx(num_gpus=world, ulysses_size=world, t5_fsdp=True)
+    plain = load_t5_encoder(path, dtype=torch.float32, device="cpu")
+    sd = load_pth(path)
+    with torch.device("meta"):
+        t5 = T5Encoder(T5Config.from_state_dict(sd))
+    parallelize_t5(t5, dist, par, source=TensorSource.from_state_dict(sd), dtype=torch.float32)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 376, (2, 12), generator=g)
+    mask = torch.ones(2, 12, dtype=torch.int64)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        ref = plain(ids, mask)
+        out = t5(ids, mask)
+    rep = shard_report(t5, world)
+    return dict(err=rel_err(out, ref), bad=rep["bad"], fraction=rep["fraction"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,3 +568,11 @@ def test_cfg_combine_is_the_official_mix():
     assert torch.equal(combine(cond, uncond, 3.5), uncond + 3.5 * (cond - uncond))
     got = cfg_parallel.guided(DistContext.single("cpu"), lambda: cond, lambda: uncond, 3.5)
     assert torch.equal(got, uncond + 3.5 * (cond - uncond))
+
+
+def test_t5_fsdp_equals_single(pools, tiny_dir):
+    res = pools(2).run(case_t5_fsdp, str(tiny_dir / "ckpt" / "shared" / "models_t5_umt5-xxl-enc-bf16.pth"))
+    for d in res:
+        assert d["bad"] == []
+        assert d["err"] < 1e-5, d
+        assert abs(d["fraction"] - 0.5) < 0.05

@@ -111,8 +111,9 @@ class ExpertOffloader:
     """Keeps one of several models resident; `get(key)` is the denoise loop's ModelProvider."""
 
     def __init__(self, experts: Mapping[Hashable, nn.Module], device: "str | torch.device",
-                 pin: bool = True) -> None:
+                 pin: bool = True, allow_prefetch: bool = True) -> None:
         self.device = torch.device(device)
+        self.allow_prefetch = allow_prefetch
         self.slots = {k: WeightSlot(m, self.device, pin) for k, m in experts.items()}
         self.stream = _side_stream(self.device)
         self.active: Optional[Hashable] = None
@@ -145,6 +146,8 @@ class ExpertOffloader:
         """
         if self.slots[key].resident:
             return True
+        if not self.allow_prefetch:
+            return False
         if not self._fits(key):
             log.info("not prefetching %s: %.1f GB does not fit beside the active expert", key,
                      self.slots[key].nbytes / 1e9)
