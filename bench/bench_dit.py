@@ -88,7 +88,7 @@ def build_model(mode: str, dist_ctx, device: torch.device, backend) -> WanModel:
         apply_ulysses(model, dist_ctx.ulysses_group, dist_ctx.ulysses_size, dist_ctx.ulysses_rank)
     fsdp = mode in ("fsdp_ulysses", "cfg_fsdp")
     if fsdp:
-        apply_fsdp(model, fsdp_mesh(dist_ctx.world_group, "cuda"), param_dtype=torch.bfloat16)
+        apply_fsdp(model, fsdp_mesh(dist_ctx.world_group, device.type), param_dtype=torch.bfloat16)
     model.to_empty(device=device)
     g = torch.Generator(device=device).manual_seed(1234 + dist_ctx.rank)
     with torch.no_grad():
@@ -104,13 +104,16 @@ def run_mode(mode: str, args, dist_ctx, device: torch.device) -> dict:
     from wan_core.distributed import cfg_parallel
 
     backend = resolve_backend(args.attn, device)
-    torch.cuda.reset_peak_memory_stats(device)
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
     model = build_model(mode, dist_ctx, device, backend)
-    weights_gb = torch.cuda.memory_allocated(device) / 2**30
+    weights_gb = torch.cuda.memory_allocated(device) / 2**30 if cuda else 0.0
     f, h, w = LATENT[args.res]
     gen = torch.Generator("cpu").manual_seed(0)
     x = torch.randn(1, 16, f, h, w, generator=gen).to(device)
-    ctx = [0.5 * torch.randn(1, 512, 4096, generator=gen).to(device) for _ in range(2)]
+    ctx = [0.5 * torch.randn(1, A14B["text_len"], 4096, generator=gen).to(device) for _ in range(2)]
     seq_len = f * (h // 2) * (w // 2)
     seq_len = -(-seq_len // dist_ctx.ulysses_size) * dist_ctx.ulysses_size
     t = torch.tensor([999], device=device)
@@ -130,16 +133,16 @@ def run_mode(mode: str, args, dist_ctx, device: torch.device) -> dict:
 
     for _ in range(args.warmup):
         step()
-    torch.cuda.synchronize(device)
+    sync()
     times = []
-    with UtilSampler(device.index or 0) as util:
+    with UtilSampler(device.index or 0 if cuda else -1) as util:
         for _ in range(args.steps):
             t0 = time.perf_counter()
             step()
-            torch.cuda.synchronize(device)
+            sync()
             times.append(time.perf_counter() - t0)
     s_step = statistics.median(times)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0.0
     peaks = [torch.zeros(1, device=device) + peak]
     if dist_ctx.world_size > 1:
         import torch.distributed as dist
@@ -148,13 +151,14 @@ def run_mode(mode: str, args, dist_ctx, device: torch.device) -> dict:
         dist.all_gather(allp, peaks[0])
         peaks = allp
     del model
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     tflops = STEP_FLOP[args.res] / s_step / 1e12 / dist_ctx.world_size
     return dict(mode=mode, res=args.res, gpus=dist_ctx.world_size, attention=backend.name,
                 s_per_step=round(s_step, 3), steps=[round(v, 3) for v in times],
                 peak_gb_per_rank=[round(float(p), 1) for p in peaks], weights_gb_rank0=round(weights_gb, 1),
                 gpu_util_pct=util.mean, tflops_per_gpu=round(tflops, 1),
-                gpu=torch.cuda.get_device_name(device), torch=torch.__version__,
+                gpu=torch.cuda.get_device_name(device) if cuda else "cpu (smoke)", torch=torch.__version__,
                 date=time.strftime("%Y-%m-%d"))
 
 
@@ -166,18 +170,28 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--attn", default="auto")
     p.add_argument("--out", default=None, help="append JSON lines here (rank 0)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a tiny model on the CPU with gloo: checks the script itself, times nothing real")
     args = p.parse_args()
 
     from wan_core.distributed.context import DistContext
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device("cuda", local)
-    torch.cuda.set_device(device)
+    if args.smoke:
+        A14B.update(dim=256, ffn_dim=512, num_heads=4, num_layers=2, text_len=32)
+        LATENT[args.res] = (2, 8, 12)
+        device = torch.device("cpu")
+    else:
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
     if world > 1:
         import torch.distributed as dist
 
-        dist.init_process_group("nccl", device_id=device)
+        if args.smoke:
+            dist.init_process_group("gloo")
+        else:
+            dist.init_process_group("nccl", device_id=device)
     for mode in args.modes.split(","):
         cfg = mode in ("cfg", "cfg_fsdp")
         if world == 1 and mode not in ("single", "single-seq"):
