@@ -62,6 +62,10 @@ def check_checkpoint(ckpt_dir, task: Task) -> None:
         if not (ckpt / rel).is_file():
             raise CheckpointError(f"{ckpt / rel} is missing; the {task.value} checkpoint folder needs "
                                   f"{rel} (from the official Wan2.2 download)")
+    if task == Task.S2V_14B:
+        from .s2v import check_s2v_checkpoint
+
+        check_s2v_checkpoint(ckpt)
 
 
 class WanEngine:
@@ -71,9 +75,9 @@ class WanEngine:
                  *, text_len: Optional[int] = None) -> None:
         self.spec = spec
         self.task = Task.parse(spec.task)
-        if self.task not in VIDEO_TASKS:
-            raise ConfigError(f"WanEngine runs {', '.join(t.value for t in VIDEO_TASKS)}; "
-                              f"{self.task.value} needs the S2V engine")
+        self.is_s2v = self.task == Task.S2V_14B    # S2V: pipeline/s2v.py (plan, run, wav2vec2)
+        if self.task not in VIDEO_TASKS and not self.is_s2v:
+            raise ConfigError(f"WanEngine does not run {self.task.value}")
         self.task_spec = TASKS[self.task]
         self.device = torch.device(dist.device if dist is not None else spec.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -125,6 +129,12 @@ class WanEngine:
                 for name, folder in folders.items()}
         self.models = expert_provider(dits, self.dist, par)
         self.load_timings["dit"] = time.perf_counter() - t0
+        if self.is_s2v:   # wav2vec2 in float32 (official precision) on the engine's device
+            from ..loading.s2v import load_s2v_audio_encoder
+
+            t0 = time.perf_counter()
+            self.audio_encoder = load_s2v_audio_encoder(ckpt, device=self.device)
+            self.load_timings["audio_encoder"] = time.perf_counter() - t0
         self.load_timings["total"] = time.perf_counter() - start
         hooks.report(Phase.LOAD, 3, 3, start, "models loaded")
 
@@ -160,6 +170,19 @@ class WanEngine:
         from .parallelize import parallelize_dit
 
         par = self.spec.parallel
+        if self.is_s2v and par.dit_fsdp:
+            from .s2v import build_s2v_meta
+
+            model, source = build_s2v_meta(folder, kernel)
+            with source:
+                parallelize_dit(model, self.dist, par, source=source, dtype=dtype)
+            return model.eval()
+        if self.is_s2v:
+            from ..loading.s2v import load_s2v_dit
+
+            where = torch.device("cpu") if offload != OffloadMode.NONE else self.device
+            return parallelize_dit(load_s2v_dit(folder, dtype=dtype, device=where, kernel=kernel),
+                                   self.dist, par)
         if par.dit_fsdp:   # rank-local: each rank reads only its rows of each tensor
             cfg_dict = read_config(folder)
             with TensorSource.from_folder(folder) as source:
@@ -197,6 +220,10 @@ class WanEngine:
 
     def plan(self, request: GenerateRequest) -> RunPlan:
         """Validate and resolve `request` (no model work); agreed across ranks for random seeds."""
+        if self.is_s2v:
+            from .s2v import plan_for_engine
+
+            return plan_for_engine(self, request)
         plan = resolve_request(self.task_spec, request, sp_size=self.dist.ulysses_size)
         if self.spec.parallel.cfg_parallel:
             from ..distributed.cfg_parallel import validate_guidance
@@ -218,6 +245,10 @@ class WanEngine:
         from ..io.video import video_to_uint8
 
         hooks = hooks or RunHooks()
+        if self.is_s2v:   # clip by clip; extra_latents = every clip, audio = the track to mux
+            from .s2v import generate_for_engine
+
+            return generate_for_engine(self, request, hooks, trace)
         plan = self.plan(request)
         for text in plan.warnings:
             log.warning(text)
@@ -234,5 +265,6 @@ class WanEngine:
         self.models = None
         self.text_encoder = None
         self.vae = None
+        self.audio_encoder = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
