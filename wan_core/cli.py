@@ -107,12 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DiT/T5 weight dtype (default: bf16 on CUDA, fp32 on CPU)")
     g.add_argument("--attention", default=AttentionBackend.AUTO.value, choices=[a.value for a in AttentionBackend])
     g.add_argument("--save_latent", default=None, metavar="FILE",
-                   help="also save the final latent as safetensors (key 'latent')")
+                   help="also save the final latent as safetensors (key 'latent'; s2v-14B: the last "
+                        "clip's, and every clip's as 'clip0', 'clip1', ...)")
     g.add_argument("--num_gpus", type=_gpus, default=(1, None), metavar="N|IDS",
                    help="GPUs (worker processes): a count, or a list of ids such as 0,2,3")
     g.add_argument("--cfg_parallel", action="store_true", help="cond and uncond on different GPUs")
     g.add_argument("--offload", default=None, choices=[o.value for o in OffloadMode],
                    help="CPU offload: none, experts (inactive MoE expert on CPU) or blocks (stream blocks)")
+    s = g.add_argument_group("s2v-14B (speech to video)")
+    s.add_argument("--audio", default=None,
+                   help="s2v-14B: the speech/song that drives the video (wav, mp3, flac, m4a, ogg); "
+                        "it is muxed into the mp4")
+    s.add_argument("--infer_frames", type=int, default=80,
+                   help="s2v-14B: frames per clip, a multiple of 4 (default 80)")
+    s.add_argument("--num_clip", type=int, default=None,
+                   help="s2v-14B: clips to make (default: as many as the audio needs)")
+    s.add_argument("--pose_video", default=None, help="s2v-14B: pose (DW-pose) video that drives the body")
+    s.add_argument("--start_from_ref", action="store_true",
+                   help="s2v-14B: the reference image becomes the first frames")
     g.add_argument("-v", "--verbose", action="store_true", help="log loading and timing details")
 
     d = sub.add_parser("demo", help="run T2V end to end on a tiny random-weight checkpoint",
@@ -185,6 +197,27 @@ def build_request(args, task: Task) -> GenerateRequest:
     elif spec.needs_image:
         raise ConfigError(f"{task.value} needs an input image: pass --image FILE")
     prompt = args.prompt if args.prompt is not None else EXAMPLE_PROMPT.get(task, "")
+    s2v_flags = any(v is not None for v in (args.audio, args.num_clip, args.pose_video)) or \
+        args.start_from_ref or args.infer_frames != 80
+    if task == Task.S2V_14B:
+        from .pipeline.s2v import AudioInput, S2VOptions
+
+        if args.audio is None:
+            raise ConfigError("s2v-14B needs the driving audio: pass --audio FILE (wav, mp3, flac, m4a, ogg)")
+        if args.frame_num is not None:
+            raise ConfigError("--frame_num is not used by s2v-14B; set the frames per clip with "
+                              "--infer_frames (a multiple of 4) and the clip count with --num_clip")
+        return GenerateRequest(
+            prompt=prompt, neg_prompt=args.neg_prompt, size=parse_size(args.size) if args.size else None,
+            steps=args.sample_steps, shift=args.sample_shift,
+            guide_scale=GuideScale.parse(args.sample_guide_scale) if args.sample_guide_scale is not None else None,
+            boundary=args.boundary, solver=Solver.parse(args.sample_solver), seed=args.base_seed, image=image,
+            audio=AudioInput(path=args.audio),
+            s2v=S2VOptions(infer_frames=args.infer_frames, num_clip=args.num_clip, pose_video=args.pose_video,
+                           start_from_ref=args.start_from_ref))
+    if s2v_flags:
+        raise ConfigError("--audio, --infer_frames, --num_clip, --pose_video and --start_from_ref are "
+                          "s2v-14B flags; pass --task s2v-14B")
     return GenerateRequest(
         prompt=prompt, neg_prompt=args.neg_prompt,
         size=parse_size(args.size) if args.size else None,
@@ -216,12 +249,13 @@ class ProgressBars:
             return
         from tqdm import tqdm
 
-        if p.phase != self.phase or self.bar is None or self.bar.total != p.total:
+        total = p.total or None
+        if p.phase != self.phase or self.bar is None or self.bar.total != total:
             self.close()
             self.phase = p.phase
-            self.bar = tqdm(total=p.total, desc=f"{p.phase:>7}", file=sys.stderr, leave=True,
+            self.bar = tqdm(total=total, desc=f"{p.phase:>7}", file=sys.stderr, leave=True,
                             dynamic_ncols=True)
-        self.bar.n = p.step
+        self.bar.n = p.step or 0
         if p.message:
             self.bar.set_postfix_str(p.message, refresh=False)
         self.bar.refresh()
@@ -251,13 +285,21 @@ def precheck(spec: EngineSpec, request: GenerateRequest):
         from .distributed.offload import validate_offload
         validate_offload(OffloadMode(spec.parallel.offload), moe=TASKS[task].moe,
                          dit_fsdp=spec.parallel.dit_fsdp)
+    if task == Task.S2V_14B:   # decodes the audio now: a bad file fails before any weight loads
+        from .pipeline.s2v import resolve_s2v_request
+
+        return resolve_s2v_request(request, TASKS[task])
     return resolve_request(task, request, sp_size=spec.parallel.ulysses_size)
 
 
 def _save_outputs(result, save_file: str, save_latent: Optional[str]) -> None:
     from .io.video import write_mp4
 
-    if result.video is not None:
+    if result.video is not None and result.audio is not None:   # s2v-14B: h264 + the input audio (aac)
+        from .io.audio import write_mp4_with_audio
+
+        write_mp4_with_audio(save_file, result.video, result.fps, result.audio)
+    elif result.video is not None:
         write_mp4(result.video, save_file, fps=result.fps)
         print(f"saved {save_file} ({result.video.shape[0]} frames, {result.video.shape[2]}x"
               f"{result.video.shape[1]}, {result.fps} fps, seed {result.seed})", file=sys.stderr)
@@ -265,7 +307,9 @@ def _save_outputs(result, save_file: str, save_latent: Optional[str]) -> None:
         from safetensors.torch import save_file
 
         Path(save_latent).parent.mkdir(parents=True, exist_ok=True)
-        save_file({"latent": result.latent.contiguous()}, save_latent,
+        tensors = {"latent": result.latent.contiguous()}
+        tensors.update({k: v.contiguous() for k, v in (result.extra_latents or {}).items()})
+        save_file(tensors, save_latent,
                   metadata={"seed": str(result.seed), "fps": str(result.fps)})
         print(f"saved latent {save_latent} {tuple(result.latent.shape)}", file=sys.stderr)
 
@@ -322,14 +366,14 @@ def _run_group(spec: EngineSpec, request: GenerateRequest, bars: ProgressBars):
 
 def cmd_generate(args) -> int:
     task = Task.parse(args.task)
-    if task == Task.S2V_14B:
-        raise ConfigError("s2v-14B is not available from this command yet; use the ComfyUI nodes")
     spec = build_spec(args, task)
     request = build_request(args, task)
     plan = precheck(spec, request)
     for text in plan.warnings:
         log.warning(text)
-    if request.seed < 0:   # agree on one random seed before any worker starts (official: broadcast)
+    if request.seed < 0 and not _under_torchrun():
+        # One random seed for every worker, picked before they start (under torchrun the engine
+        # broadcasts rank 0's pick, as the official script does).
         from dataclasses import replace
         request = replace(request, seed=plan.seed)
     save_file = args.save_file or default_save_file(args, task, spec.parallel.ulysses_size, request.prompt)

@@ -176,13 +176,13 @@ def test_progress_phases_and_cancel(tiny_dir, engine_for):
     seen = []
     result, _ = _run(engine, request, RunHooks(on_progress=seen.append))
     denoise = [(p.step, p.total) for p in seen if p.phase == "denoise"]
-    assert denoise == [(1, 3), (2, 3), (3, 3)]
+    assert denoise == [(0, 3), (1, 3), (2, 3), (3, 3)]
     assert seen[0].phase == "encode" and result.video is None
 
     reports = []
 
     def should_stop() -> bool:
-        return sum(p.phase == "denoise" for p in reports) >= 2
+        return sum(p.phase == "denoise" and p.step > 0 for p in reports) >= 2
 
     with pytest.raises(Cancelled) as info:
         engine.generate(request, RunHooks(on_progress=reports.append, should_stop=should_stop))

@@ -119,6 +119,7 @@ def denoise(models: ModelProvider, scheduler, inputs: DenoiseInputs, dist, hooks
     prefetch = getattr(models, "prefetch", None)
     total = len(timesteps)
     start = time.perf_counter()
+    hooks.report(Phase.DENOISE, 0, total, start, f"{total} steps")
     with torch.no_grad():
         for step, t in enumerate(timesteps):
             if dist.agree_stop(hooks.stop_requested()):
