@@ -379,9 +379,13 @@ def resolve_s2v_request(request: GenerateRequest, spec: Optional[TaskSpec] = Non
     audio_in = as_audio_input(request.audio)
     track = audio_in.load()
     fps = spec.fps
-    clip_s = f / fps
-    check_speech(track, min_duration_s=clip_s - 1.0 / fps,
-                 what=f": infer_frames={f} at {fps} fps; lower --infer_frames (a multiple of 4)")
+    check_speech(track)
+    if track.duration_s + 1e-9 < (f - 1) / fps:   # one frame of slack: the last frame's audio
+        fit = max(4, int(track.duration_s * fps + 1) // 4 * 4)
+        raise InputError(
+            f"audio {audio_in.name} lasts {track.duration_s:.2f} s, shorter than one clip of "
+            f"infer_frames={f} frames at {fps} fps ({f / fps:.2f} s); give a longer audio or lower "
+            f"--infer_frames (a multiple of 4, at most {fit} for this audio)")
     allowed = _audio_clips(track, f, fps)
     clips = allowed
     if opts.num_clip is not None:
