@@ -60,12 +60,15 @@ class EngineClient:
     """Starts `spec.parallel.num_gpus` worker processes and loads the engine on each (blocks until
     every rank is ready). Raises `ConfigError` for an impossible spec, `WorkerFailure` naming the
     rank when a rank cannot start (e.g. a `CheckpointError`), `Cancelled` when `should_cancel()`
-    turns true while loading."""
+    turns true while loading. `on_progress` hears rank 0's loading steps (phase "load"); an
+    exception it raises aborts the start."""
 
     def __init__(self, spec: EngineSpec, *, start_timeout_s: float = 1800.0,
-                 should_cancel: Optional[Callable[[], bool]] = None) -> None:
+                 should_cancel: Optional[Callable[[], bool]] = None,
+                 on_progress: Optional[Callable[[P.ProgressEvent], None]] = None) -> None:
         self.spec = spec
-        self._group = WorkerGroup(spec, start_timeout_s=start_timeout_s, should_cancel=should_cancel)
+        self._group = WorkerGroup(spec, start_timeout_s=start_timeout_s, should_cancel=should_cancel,
+                                  on_progress=on_progress)
         self._job_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._active: Optional[int] = None

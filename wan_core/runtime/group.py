@@ -153,11 +153,13 @@ class WorkerGroup:
 
     Raises `WorkerFailure` (naming the rank) when a rank fails or dies while starting, or does not
     become ready within `start_timeout_s`; `Cancelled` when `should_cancel()` turns true while
-    loading. Nothing is left running when the constructor raises.
+    loading. `on_progress` hears rank 0's loading steps (`ProgressEvent`, phase "load").
+    Nothing is left running when the constructor raises.
     """
 
     def __init__(self, spec: EngineSpec, *, start_timeout_s: float = 1800.0,
-                 should_cancel: Optional[Callable[[], bool]] = None) -> None:
+                 should_cancel: Optional[Callable[[], bool]] = None,
+                 on_progress: Optional[Callable[[P.ProgressEvent], None]] = None) -> None:
         spec.parallel.validate(TASKS[spec.task].num_heads)
         self.spec = spec
         self.world_size = spec.parallel.num_gpus
@@ -186,7 +188,8 @@ class WorkerGroup:
         self._dir = tempfile.mkdtemp(prefix="wan_core-")   # mode 0700
         try:
             self._start()
-            self.workers = self._await_ready(time.monotonic() + start_timeout_s, should_cancel)
+            self.workers = self._await_ready(time.monotonic() + start_timeout_s, should_cancel,
+                                             on_progress)
         except BaseException:
             self.close(graceful=False)
             raise
@@ -289,7 +292,7 @@ class WorkerGroup:
                 self._channels[rank] = channel
             os.write(self._wake_w, b"c")
 
-    def _await_ready(self, deadline: float, should_cancel) -> list[P.Ready]:
+    def _await_ready(self, deadline: float, should_cancel, on_progress) -> list[P.Ready]:
         ready: dict[int, P.Ready] = {}
         while len(ready) < self.world_size:
             if should_cancel is not None and should_cancel():
@@ -309,6 +312,8 @@ class WorkerGroup:
                 ready[ev.rank] = ev.msg
             elif isinstance(ev.msg, P.Failed):
                 raise ev.msg.to_exception()
+            elif isinstance(ev.msg, P.ProgressEvent) and on_progress is not None:
+                on_progress(ev.msg)
         return [ready[r] for r in range(self.world_size)]
 
     # ------------------------------------------------------------------ supervision

@@ -143,6 +143,8 @@ class Worker:
 
         def on_load_progress(p) -> None:
             self.phase = f"loading: {p.message or p.phase}"
+            if self.rank == 0:   # request id 0: the start-up
+                self._send(P.ProgressEvent.from_progress(0, p))
 
         self.engine = WanEngine(self.cfg.spec, ctx, on_progress=on_load_progress)
 
