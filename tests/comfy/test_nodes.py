@@ -1,0 +1,248 @@
+"""The ComfyUI layer in-process, without ComfyUI: schemas against function signatures, conversions,
+request building, the engine registry (with a stand-in client), and the pack's import cost."""
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+import nodes
+from nodes import checkpoints, convert
+from nodes.engine_nodes import build_spec, parse_gpu_ids
+from nodes.progress import describe
+from nodes.registry import EngineRegistry
+from nodes.sampling_nodes import build_request
+from nodes.types import ENGINE, TextPrompt
+from wan_core.config import EngineSpec, GenerateRequest, GuideScale, ParallelConfig, Task
+from wan_core.errors import ConfigError, InputError, WorkerFailure
+
+from harness import REPO
+
+IDS = ("Wan22MGModelLoader", "Wan22MGExpertRouter", "Wan22MGTextEncode", "Wan22MGAudioEncode",
+       "Wan22MGSampler", "Wan22MGDecode", "Wan22MGRelease")
+
+
+def test_node_ids_are_stable():
+    assert tuple(nodes.NODE_CLASS_MAPPINGS) == IDS
+    assert set(nodes.NODE_DISPLAY_NAME_MAPPINGS) == set(IDS)
+
+
+@pytest.mark.parametrize("node_id", IDS)
+def test_schema_matches_the_function(node_id):
+    cls = nodes.NODE_CLASS_MAPPINGS[node_id]
+    spec = cls.INPUT_TYPES()
+    assert set(spec) <= {"required", "optional", "hidden"}
+    declared = [name for section in ("required", "optional", "hidden") for name in spec.get(section, {})]
+    fn = getattr(cls, cls.FUNCTION)
+    params = inspect.signature(fn).parameters
+    names = [p for p in params if p != "self"]
+    assert sorted(declared) == sorted(names), (declared, names)
+    for name in list(spec.get("optional", {})) + list(spec.get("hidden", {})):
+        assert params[name].default is None or params[name].default == "", f"{name} needs a default"
+    for name in spec.get("required", {}):
+        assert params[name].default is inspect.Parameter.empty, f"required {name} must not have a default"
+    for name, entry in spec.get("required", {}).items():
+        typ = entry[0]
+        assert isinstance(typ, (str, list)), name
+        if isinstance(typ, list):
+            assert entry[1].get("default", typ[0]) in typ, name
+        elif typ in ("INT", "FLOAT"):
+            o = entry[1]
+            assert o["min"] <= o["default"] <= o["max"], name
+    assert isinstance(cls.RETURN_TYPES, tuple)
+    if hasattr(cls, "RETURN_NAMES"):
+        assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
+    assert cls.CATEGORY == "Wan2.2 Multi-GPU" and cls.DESCRIPTION
+
+
+def test_sampler_takes_the_loaders_output():
+    assert nodes.NODE_CLASS_MAPPINGS["Wan22MGModelLoader"].RETURN_TYPES == (ENGINE,)
+    assert nodes.NODE_CLASS_MAPPINGS["Wan22MGSampler"].INPUT_TYPES()["required"]["engine"][0] == ENGINE
+    assert nodes.NODE_CLASS_MAPPINGS["Wan22MGDecode"].RETURN_TYPES == ("IMAGE", "FLOAT", "AUDIO")
+
+
+def test_pack_import_is_light():
+    """Importing the pack (as ComfyUI does) takes < 1 s and imports neither torch nor ComfyUI."""
+    code = (
+        "import importlib.util, sys, time\n"
+        "t = time.perf_counter()\n"
+        f"spec = importlib.util.spec_from_file_location('wan22pack', {str(REPO / '__init__.py')!r},\n"
+        f"    submodule_search_locations=[{str(REPO)!r}])\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['wan22pack'] = m; spec.loader.exec_module(m)\n"
+        "print(time.perf_counter() - t, 'torch' in sys.modules, len(m.NODE_CLASS_MAPPINGS), m.WEB_DIRECTORY)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
+    seconds, torch_loaded, count, web = out.stdout.split()
+    assert float(seconds) < 1.0 and torch_loaded == "False" and count == "7" and web == "./web"
+
+
+# --------------------------------------------------------------------------------- conversions
+def test_image_round_trip():
+    img = torch.rand(2, 24, 40, 3)
+    e = convert.image_to_engine(img)
+    assert e.shape == (3, 24, 40) and torch.equal(convert.engine_to_image(e)[0], img[0])
+    rgba = torch.cat([img, torch.ones(2, 24, 40, 1)], dim=-1)
+    assert torch.equal(convert.image_to_engine(rgba), e)
+    with pytest.raises(InputError):
+        convert.image_to_engine(torch.rand(24, 40, 3))
+
+
+def test_video_round_trip():
+    video = torch.randint(0, 256, (5, 8, 16, 3), dtype=torch.uint8)
+    frames = convert.video_to_frames(video)
+    assert frames.dtype == torch.float32 and frames.shape == (5, 8, 16, 3)
+    assert 0.0 <= frames.min() and frames.max() <= 1.0
+    assert torch.equal(convert.frames_to_video(frames), video)
+
+
+def test_audio_round_trip():
+    wave = torch.rand(1, 2, 1600) * 2 - 1
+    a = convert.audio_from_comfy({"waveform": wave, "sample_rate": 16000})
+    assert a.sample_rate == 16000 and a.waveform.shape == (2, 1600)
+    back = convert.audio_to_comfy(a.waveform, a.sample_rate)
+    assert back["sample_rate"] == 16000 and torch.allclose(back["waveform"], wave)
+    with pytest.raises(InputError):
+        convert.audio_from_comfy({"waveform": torch.zeros(1, 1, 0), "sample_rate": 16000})
+    with pytest.raises(InputError):
+        convert.audio_from_comfy(torch.zeros(3))
+
+
+# --------------------------------------------------------------------------------- requests / specs
+def test_build_spec_validates_the_layout():
+    spec = build_spec("t2v-A14B", "/ckpt", 4, 2, True, True, True, False, "none", "bf16", "auto", "cuda", "4,5,6,7")
+    assert spec.parallel == ParallelConfig(num_gpus=4, gpu_ids=(4, 5, 6, 7), ulysses_size=2, cfg_parallel=True,
+                                           dit_fsdp=True, t5_fsdp=True)
+    with pytest.raises(ConfigError, match="heads"):
+        build_spec("ti2v-5B", "/c", 5, 5, False, False, False, False, "none", "bf16", "auto", "cuda")
+    with pytest.raises(ConfigError, match="cfg degree"):
+        build_spec("t2v-A14B", "/c", 2, 2, True, False, False, False, "none", "bf16", "auto", "cuda")
+    with pytest.raises(ConfigError, match="gpu_ids"):
+        parse_gpu_ids("0,x", 2)
+    with pytest.raises(ConfigError, match="names 1 GPUs"):
+        parse_gpu_ids("3", 2)
+
+
+def test_build_request():
+    text = TextPrompt("a cat", "")
+    r = build_request(Task.T2V_A14B, text, 64, 48, 5, 3, 12.0, "dpm++", 7)
+    assert r == GenerateRequest(prompt="a cat", neg_prompt=None, size=(64, 48), frame_num=5, steps=3,
+                                shift=12.0, solver=r.solver, seed=7, decode=True)
+    assert r.solver.value == "dpm++" and r.guide_scale is None and r.boundary is None
+    routed = nodes.NODE_CLASS_MAPPINGS["Wan22MGExpertRouter"]().route(0.9, 3.5, 3.0)[0]
+    r = build_request(Task.I2V_A14B, text, 64, 48, 5, 3, 5.0, "unipc", 7, experts=routed, image=torch.rand(1, 8, 8, 3))
+    assert r.boundary == 0.9 and r.guide_scale == GuideScale(low_noise=3.0, high_noise=3.5)
+    assert r.image.shape == (3, 8, 8)
+    with pytest.raises(InputError, match="needs a start image"):
+        build_request(Task.I2V_A14B, text, 64, 48, 5, 3, 5.0, "unipc", 7)
+    with pytest.raises(InputError, match="does not take an image"):
+        build_request(Task.T2V_A14B, text, 64, 48, 5, 3, 5.0, "unipc", 7, image=torch.rand(1, 8, 8, 3))
+    with pytest.raises(InputError, match="needs audio"):
+        build_request(Task.S2V_14B, text, 64, 48, 5, 3, 5.0, "unipc", 7, image=torch.rand(1, 8, 8, 3))
+
+
+def test_phase_text():
+    assert describe("denoise", 3, 40) == "step 3/40"
+    assert describe("decode", 0, 1, "decoding the video") == "decoding the video"
+    assert describe("load", None, None) == "loading"
+
+
+def test_checkpoint_names_never_resolve_outside_the_folder(monkeypatch, tmp_path):
+    (tmp_path / "Wan2.2-TI2V-5B").mkdir()
+    (tmp_path / "Wan2.2-TI2V-5B" / "config.json").write_text("{}")
+    (tmp_path / "Wan2.2-T2V-A14B" / "high_noise_model").mkdir(parents=True)
+    (tmp_path / "Wan2.2-T2V-A14B" / "high_noise_model" / "config.json").write_text("{}")
+    (tmp_path / "notes").mkdir()
+    monkeypatch.setattr(checkpoints, "_roots", lambda: [str(tmp_path)])
+    assert checkpoints.list_checkpoints() == ["Wan2.2-T2V-A14B", "Wan2.2-TI2V-5B"]
+    assert checkpoints.resolve("Wan2.2-TI2V-5B") == str(tmp_path / "Wan2.2-TI2V-5B")
+    from wan_core.errors import CheckpointError
+
+    for bad in ("notes", "..", "../etc", str(tmp_path / "Wan2.2-TI2V-5B")):
+        with pytest.raises(CheckpointError, match="models/wan22"):
+            checkpoints.resolve(bad)
+
+
+# --------------------------------------------------------------------------------- registry
+class FakeClient:
+    started = 0
+
+    def __init__(self, spec, should_cancel=None):
+        FakeClient.started += 1
+        self.spec, self.alive, self.closed, self.calls = spec, True, False, 0
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def generate(self, request, on_progress=None, should_cancel=None):
+        self.calls += 1
+        self.gate.wait(5)
+        if request.prompt == "crash":
+            self.alive = False
+            raise WorkerFailure(1, "RuntimeError", "boom")
+        return "result"
+
+    def status(self):
+        class S:
+            def as_dict(_):
+                return {"alive": self.alive, "ranks": []}
+        return S()
+
+    def close(self):
+        self.closed, self.alive = True, False
+
+
+def _spec(gpus=1, ckpt="/c", ids=None, device="cuda"):
+    return EngineSpec(task=Task.T2V_A14B, ckpt_dir=ckpt, device=device,
+                      parallel=ParallelConfig(num_gpus=gpus, gpu_ids=ids, ulysses_size=gpus))
+
+
+def test_registry_reuses_restarts_and_releases():
+    reg = EngineRegistry(client_factory=FakeClient)
+    req = GenerateRequest(prompt="x")
+    spec = _spec()
+    assert reg.generate(spec, req) == "result" and reg.generate(spec, req) == "result"
+    assert reg.loads == 1
+    first = reg._groups[spec].client
+    with pytest.raises(WorkerFailure):                # a crash ends the group...
+        reg.generate(spec, GenerateRequest(prompt="crash"))
+    assert first.closed and spec not in reg._groups
+    reg.generate(spec, req)                           # ...and the next prompt restarts it
+    assert reg.loads == 2
+    reg._groups[spec].client.alive = False            # a group that died between prompts
+    reg.generate(spec, req)
+    assert reg.loads == 3
+    assert reg.status()["groups"][0]["layout"] == "1 GPU, bf16"
+    assert reg.release() == 1 and reg.status()["groups"] == []
+
+
+def test_registry_frees_gpus_for_a_new_layout_but_not_other_gpus():
+    reg = EngineRegistry(client_factory=FakeClient)
+    a, b, c = _spec(2, "/a"), _spec(2, "/b", ids=(1, 2)), _spec(2, "/c", ids=(4, 5))
+    reg.ensure(a)
+    reg.ensure(b)                                     # shares GPU 1 with a: a is ended first
+    assert set(reg._groups) == {b}
+    reg.ensure(c)
+    assert set(reg._groups) == {b, c}
+
+
+def test_release_while_busy_waits_for_the_request():
+    reg = EngineRegistry(client_factory=FakeClient)
+    spec = _spec()
+    group = reg.ensure(spec)
+    group.client.gate.clear()
+    worker = threading.Thread(target=reg.generate, args=(spec, GenerateRequest(prompt="x")))
+    worker.start()
+    while not group.busy.locked():
+        time.sleep(0.01)
+    assert reg.release(wait=False) == 1               # the /free path: returns at once
+    time.sleep(0.1)
+    assert not group.client.closed                    # the running request is not cut off
+    group.client.gate.set()
+    worker.join(5)
+    deadline = time.time() + 5
+    while not group.client.closed and time.time() < deadline:
+        time.sleep(0.01)
+    assert group.client.closed and reg.status()["groups"] == []
