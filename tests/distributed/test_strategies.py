@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from wan_core.config import GuideScale, OffloadMode, ParallelConfig  # noqa: E402
+from wan_core.config import GuideScale, ParallelConfig  # noqa: E402
 from wan_core.errors import ConfigError  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
@@ -482,7 +482,7 @@ def test_ulysses_4_synthetic_4_heads_padding(pools):
         assert d["err"] < 1e-5, d
 
 
-def test_ulysses_refuses_heads_not_divisible(pools, tiny_dir):
+def test_ulysses_refuses_heads_not_divisible():
     from wan_core.distributed.ulysses import check_ulysses_degree
 
     with pytest.raises(ConfigError, match=r"ulysses_size=4 .* 2 attention heads; valid degrees: 1, 2"):
