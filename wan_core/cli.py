@@ -301,6 +301,7 @@ def _save_outputs(result, save_file: str, save_latent: Optional[str]) -> None:
         write_mp4_with_audio(save_file, result.video, result.fps, result.audio)
     elif result.video is not None:
         write_mp4(result.video, save_file, fps=result.fps)
+    if result.video is not None:
         print(f"saved {save_file} ({result.video.shape[0]} frames, {result.video.shape[2]}x"
               f"{result.video.shape[1]}, {result.fps} fps, seed {result.seed})", file=sys.stderr)
     if save_latent:
@@ -308,7 +309,8 @@ def _save_outputs(result, save_file: str, save_latent: Optional[str]) -> None:
 
         Path(save_latent).parent.mkdir(parents=True, exist_ok=True)
         tensors = {"latent": result.latent.contiguous()}
-        tensors.update({k: v.contiguous() for k, v in (result.extra_latents or {}).items()})
+        # clone: the last clip's latent is also `latent`, and safetensors refuses shared storage
+        tensors.update({k: v.detach().clone().contiguous() for k, v in (result.extra_latents or {}).items()})
         save_file(tensors, save_latent,
                   metadata={"seed": str(result.seed), "fps": str(result.fps)})
         print(f"saved latent {save_latent} {tuple(result.latent.shape)}", file=sys.stderr)
@@ -369,8 +371,9 @@ def cmd_generate(args) -> int:
     spec = build_spec(args, task)
     request = build_request(args, task)
     plan = precheck(spec, request)
-    for text in plan.warnings:
-        log.warning(text)
+    if spec.parallel.num_gpus > 1 and not _under_torchrun():
+        for text in plan.warnings:   # in-process, the engine logs them itself
+            log.warning(text)
     if request.seed < 0 and not _under_torchrun():
         # One random seed for every worker, picked before they start (under torchrun the engine
         # broadcasts rank 0's pick, as the official script does).
