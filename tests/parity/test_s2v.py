@@ -156,3 +156,113 @@ def test_token_sharding_threads(tiny_dir, golden, world, drop):
     for rank in range(world):
         err = rel_err(outs[rank][0], g[f"out_t999_drop{drop}"])
         assert err < TOL_DIT, (rank, err)
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole two-clip run through the engine (golden pipe_s2v)
+
+PIPE_REQUEST = dict(prompt="a person is singing", size=(128, 128), steps=2, shift=3.0, guide_scale=4.5,
+                    seed=42)
+
+
+@pytest.fixture(scope="module")
+def s2v_engine(tiny_dir, tmp_path_factory):
+    from _tiny import task_ckpt
+
+    from wan_core.config import EngineSpec, ParamDtype, Task
+    from wan_core.pipeline.engine import WanEngine
+
+    ck = task_ckpt(tiny_dir, "s2v-14B", tmp_path_factory.mktemp("tiny_s2v"))
+    return WanEngine(EngineSpec(task=Task.S2V_14B, ckpt_dir=str(ck), device="cpu", param_dtype=ParamDtype.FP32))
+
+
+def _s2v_request(tiny_dir, **opts):
+    from wan_core.config import GenerateRequest
+    from wan_core.io.audio import AudioInput
+    from wan_core.io.images import load_image_tensor
+    from wan_core.pipeline.s2v import S2VOptions
+
+    return GenerateRequest(**PIPE_REQUEST, image=load_image_tensor(tiny_dir / "inputs" / "s2v_ref.png"),
+                           audio=AudioInput(path=str(tiny_dir / "inputs" / "test.wav")),
+                           s2v=S2VOptions(**{"infer_frames": 16, **opts}))
+
+
+@pytest.fixture(scope="module")
+def pipe_run(s2v_engine, tiny_dir):
+    trace: dict = {}
+    progress = []
+    from wan_core.pipeline.progress import RunHooks
+
+    result = s2v_engine.generate(_s2v_request(tiny_dir), RunHooks(on_progress=progress.append),
+                                 trace=lambda k, v: trace.__setitem__(k, v))
+    return result, trace, progress
+
+
+@pytest.mark.slow
+def test_pipe_contexts_and_noise(pipe_run, golden):
+    result, trace, _ = pipe_run
+    g = golden("pipe_s2v")
+    for name, k in (("context", 0), ("context_null", 1)):
+        n = int((g[f"t5_call{k}_ids"][0] != 0).sum())
+        assert trace[name].shape == (n, 4096)
+        assert rel_err(trace[name], g[f"t5_call{k}_out"][0, :n]) < TOL_PIPE
+    assert torch.equal(trace["call00_x_in"], g["call00_x_in"])         # CPU generator, seed 42
+    clip1 = torch.randn(16, 4, 16, 16, generator=torch.Generator().manual_seed(43))
+    assert torch.equal(trace["clip1_x_in"], clip1)                     # clip r: seed + r
+
+
+@pytest.mark.slow
+def test_pipe_every_dit_call(pipe_run, golden):
+    _, trace, _ = pipe_run
+    g = golden("pipe_s2v")
+    expected = sorted(k for k in g if k.startswith("call") and k.endswith("_out"))
+    got = sorted(k for k in trace if k.startswith("call") and k.endswith("_out"))
+    assert got == expected and len(got) == 8      # 2 clips x 2 steps x (cond, uncond)
+    for key in expected:
+        t_key = key[: -len("_out")] + "_t"
+        assert torch.equal(trace[t_key].reshape(1).long(), g[t_key]), t_key
+        err = rel_err(trace[key], g[key])
+        assert err < TOL_PIPE, f"{key}: {err:.2e}"
+
+
+@pytest.mark.slow
+def test_pipe_decode_inputs_and_video(pipe_run, golden):
+    from wan_core.io.video import video_to_uint8
+
+    result, trace, _ = pipe_run
+    g = golden("pipe_s2v")
+    for k in ("vae_decode_in0", "vae_decode_in1"):
+        assert trace[k].shape == g[k].shape
+        assert rel_err(trace[k], g[k]) < TOL_PIPE, k
+    assert trace["video"].shape == g["video"].shape == (3, 29, 128, 128)
+    assert rel_err(trace["video"], g["video"]) < TOL_PIPE
+    want = video_to_uint8(g["video"]).int()
+    assert result.video.shape == (29, 128, 128, 3)
+    assert (result.video.int() - want).abs().max() <= 1     # truncation of nearly equal floats
+
+
+@pytest.mark.slow
+def test_pipe_result(pipe_run):
+    result, trace, progress = pipe_run
+    assert result.fps == 16 and result.seed == 42
+    assert sorted(result.extra_latents) == ["clip0", "clip1"]
+    assert torch.equal(result.latent, result.extra_latents["clip1"])
+    # clip 1's final latent is what the second decode appended after the 19 motion latents
+    assert torch.equal(result.extra_latents["clip1"], trace["vae_decode_in1"][:, 19:])
+    assert torch.equal(result.extra_latents["clip0"], trace["vae_decode_in0"][:, 1:])
+    # the audio to mux starts 3 frames in (the first clip's dropped frames): 2.0 s - 3/16 s
+    assert abs(result.audio.duration_s - (2.0 - 3 / 16)) < 1e-6
+    steps = [p.step for p in progress if p.phase == "denoise"]
+    assert max(steps) == 4 and {p.total for p in progress if p.phase == "denoise"} == {4}
+
+
+@pytest.mark.slow
+def test_pipe_mp4_with_audio(pipe_run, tmp_path):
+    from wan_core.io.audio import probe_media, write_mp4_with_audio
+
+    result, _, _ = pipe_run
+    out = write_mp4_with_audio(tmp_path / "s2v.mp4", result.video, result.fps, result.audio)
+    info = probe_media(out)
+    assert info.video_codec == "h264" and info.audio_codec == "aac"
+    assert info.video_frames == 29
+    assert abs(info.video_duration_s - info.audio_duration_s) <= 1 / 16
