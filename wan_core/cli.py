@@ -175,6 +175,15 @@ def build_spec(args, task: Task) -> EngineSpec:
     device = args.device or _default_device()
     if device not in ("cuda", "cpu") and not device.startswith("cuda:"):
         raise ConfigError(f"--device {device!r}: use cuda or cpu")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available here (no GPU, or a CPU build of "
+                              "torch); use --device cpu")
+        num_gpus, gpu_ids = args.num_gpus
+        if num_gpus == 1 and gpu_ids and not _under_torchrun():
+            device = f"cuda:{gpu_ids[0]}"     # --num_gpus 3 style list of one id: run there in-process
     if args.dtype is not None:
         dtype = ParamDtype(args.dtype)
     elif args.convert_model_dtype or device.startswith("cuda"):
