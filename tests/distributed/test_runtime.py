@@ -22,6 +22,7 @@ from conftest import REPO, rel_err
 from wan_core import EngineSpec, GenerateRequest, ParallelConfig, ParamDtype, Task
 from wan_core.client import EngineClient
 from wan_core.errors import Cancelled, WorkerFailure
+from wan_core.runtime.group import sweep_stale_groups
 
 TASK = "t2v-A14B"
 REQUEST = GenerateRequest(prompt="a red fox running through snow", size=(64, 48), frame_num=5,
@@ -290,7 +291,7 @@ DRIVER = textwrap.dedent("""
     spec = EngineSpec(task=Task.T2V_A14B, ckpt_dir={ckpt!r}, device="cpu", param_dtype=ParamDtype.FP32,
                       parallel=ParallelConfig(num_gpus={n}, ulysses_size={n}))
     client = EngineClient(spec, start_timeout_s=120)
-    print("PIDS", *client.pids, flush=True)
+    print("PIDS", client._group._dir, *client.pids, flush=True)
     time.sleep(600)
 """)
 
@@ -305,11 +306,16 @@ def test_killed_client_leaves_no_workers(t2v_ckpt):
     try:
         line = driver.stdout.readline()
         assert line.startswith("PIDS"), line + driver.stderr.read()
-        pids = [int(p) for p in line.split()[1:]]
-        assert len(_leftovers(pids)) == 2
+        folder = line.split()[1]
+        pids = [int(p) for p in line.split()[2:]]
+        assert len(_leftovers(pids)) == 2 and os.path.isdir(folder)
         driver.kill()
         driver.wait()
         assert _wait_gone(pids, 5) == []
+        # PR_SET_PDEATHSIG's SIGKILL usually beats the lifeline thread's clean-up: the next group
+        # start sweeps what a dead client left behind.
+        sweep_stale_groups()
+        assert not os.path.exists(folder)
     finally:
         driver.kill()
         driver.wait()

@@ -112,7 +112,7 @@ def test_gpu_killed_client_leaves_no_workers(ckpt):
     try:
         line = driver.stdout.readline()
         assert line.startswith("PIDS"), line + driver.stderr.read()
-        pids = [int(p) for p in line.split()[1:]]
+        pids = [int(p) for p in line.split()[2:]]
         driver.kill()
         driver.wait()
         t0 = time.monotonic()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import queue
 import secrets
@@ -53,6 +54,7 @@ PG_TIMEOUT_S = 1800.0
 """Collective timeout of the process groups: longer than any legitimate collective, loading skew
 included (docs/runtime.md §2.3). Idle ranks wait on their pipe, never in a collective."""
 _HELLO_TIMEOUT_S = 30.0
+_OWNER_FILE = "owner.json"   # who started the group in this folder (for sweep_stale_groups)
 _LOG_TAIL_LINES = 30
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                  "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "GROUP_WORLD_SIZE")
@@ -137,6 +139,49 @@ def _exit_status(pid: int) -> Optional[int]:
     return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
 
 
+def _proc_start_time(pid: int) -> Optional[int]:
+    """Start time of a live process (clock ticks since boot), to tell it from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
+def sweep_stale_groups(max_age_unowned_s: float = 60.0) -> int:
+    """Clean up after clients that died without closing (SIGKILL, crash): for every private
+    folder whose owner process is gone, SIGKILL any worker still running (recognised by its
+    command line), unlink its shared-memory segments and remove the folder. Returns how many
+    folders were removed. Run at every group start (docs/runtime.md §9 #5)."""
+    removed = 0
+    for folder in Path(tempfile.gettempdir()).glob("wan_core-*"):
+        try:
+            owner = json.loads((folder / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            try:   # a folder being created right now has no owner file yet
+                if time.time() - folder.stat().st_mtime > max_age_unowned_s:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                pass
+            continue
+        if _proc_start_time(owner["pid"]) == owner["start"]:
+            continue   # its client is alive
+        for pid in owner.get("workers", []):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    ours = owner["token"].encode() in f.read()
+            except OSError:
+                continue
+            if ours:
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGKILL)
+        sweep(owner["token"])
+        shutil.rmtree(folder, ignore_errors=True)
+        removed += 1
+    return removed
+
+
 def _describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -185,6 +230,8 @@ class WorkerGroup:
         self._store = None
         self._supervisor: Optional[threading.Thread] = None
         self._acceptor: Optional[threading.Thread] = None
+        with contextlib.suppress(OSError):
+            sweep_stale_groups()
         self._dir = tempfile.mkdtemp(prefix="wan_core-")   # mode 0700
         try:
             self._start()
@@ -227,6 +274,9 @@ class WorkerGroup:
                                                  for r, env in enumerate(envs)])
         finally:
             os.close(lifeline_r)
+        owner = {"pid": os.getpid(), "start": _proc_start_time(os.getpid()), "token": self._token,
+                 "workers": self.pids}
+        Path(self._dir, _OWNER_FILE).write_text(json.dumps(owner))
         self._supervisor = threading.Thread(target=self._supervise, name="wan-supervisor",
                                             daemon=True)
         self._supervisor.start()

@@ -13,6 +13,7 @@ import argparse
 import os
 import platform
 import queue
+import shutil
 import sys
 import threading
 import time
@@ -214,7 +215,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = ap.parse_args(argv)
     own_shm = f"{args.token}r{args.rank}_"
 
-    watch_lifeline(args.lifeline_fd, before_exit=lambda: sweep(own_shm))
+    def orphaned() -> None:
+        # The client is gone and cannot clean up: its segments and its private folder go with us.
+        sweep(args.token)
+        folder = os.path.dirname(os.path.abspath(args.control))
+        if os.path.basename(folder).startswith("wan_core-"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    watch_lifeline(args.lifeline_fd, before_exit=orphaned)
     die_with_parent(args.parent_pid)
     authkey = bytes.fromhex(os.environ.pop(P.AUTHKEY_ENV))
     channel = Channel(Client(args.control, family="AF_UNIX", authkey=authkey), shm_prefix=own_shm)
