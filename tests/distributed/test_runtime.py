@@ -6,7 +6,6 @@ mid-run, a broken checkpoint at start, two groups at once, the client killed, to
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from conftest import REPO, rel_err
 from wan_core import EngineSpec, GenerateRequest, ParallelConfig, ParamDtype, Task
 from wan_core.client import EngineClient
 from wan_core.errors import Cancelled, WorkerFailure
-from wan_core.runtime.group import sweep_stale_groups
+from wan_core.runtime.processes import sweep_stale_groups
 
 TASK = "t2v-A14B"
 REQUEST = GenerateRequest(prompt="a red fox running through snow", size=(64, 48), frame_num=5,

@@ -12,7 +12,7 @@ import torch
 
 from wan_core.config import GenerateResult, ParallelConfig
 from wan_core.errors import ConfigError
-from wan_core.runtime.group import physical_gpu_ids
+from wan_core.runtime.processes import physical_gpu_ids
 from wan_core.runtime.transport import SHM_DIR, Channel, ShmTensor, sweep
 
 pytestmark = pytest.mark.timeout(60)

@@ -34,30 +34,26 @@ import tempfile
 import threading
 import time
 import traceback
-from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import AuthenticationError, Listener
 from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from ..config import TASKS, EngineSpec, ParallelConfig
-from ..errors import Cancelled, ConfigError, WorkerFailure
+from ..config import TASKS, EngineSpec
+from ..errors import Cancelled, WorkerFailure
 from . import protocol as P
+from .processes import (OWNER_FILE, PACK_ROOT, Spawner, child_envs, describe_exit, exit_status,
+                        proc_start_time, sweep_stale_groups)
 from .transport import Channel, sweep
 
-PACK_ROOT = Path(__file__).resolve().parents[2]
-"""The folder that holds the `wan_core` package (the node pack's root)."""
 TERM_GRACE_S = 3.0
 SHUTDOWN_GRACE_S = 5.0
 PG_TIMEOUT_S = 1800.0
 """Collective timeout of the process groups: longer than any legitimate collective, loading skew
 included (docs/runtime.md §2.3). Idle ranks wait on their pipe, never in a collective."""
 _HELLO_TIMEOUT_S = 30.0
-_OWNER_FILE = "owner.json"   # who started the group in this folder (for sweep_stale_groups)
 _LOG_TAIL_LINES = 30
-_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-                 "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "GROUP_WORLD_SIZE")
 
 
 @dataclass(frozen=True)
@@ -76,121 +72,6 @@ class GroupDied:
 
 
 GroupEvent = Union[RankMessage, GroupDied]
-
-
-def physical_gpu_ids(parallel: ParallelConfig, parent_visible: Optional[str],
-                     device_count: Callable[[], int]) -> list[str]:
-    """CUDA_VISIBLE_DEVICES value of each rank: `parallel.gpu_ids` (or 0..n-1) are indices into
-    the GPUs the parent sees, mapped through the parent's own CUDA_VISIBLE_DEVICES when it has
-    one (ComfyUI's --cuda-device narrows it), so a worker never sees a GPU its parent did not."""
-    wanted = list(parallel.gpu_ids) if parallel.gpu_ids is not None else list(range(parallel.num_gpus))
-    if parent_visible is not None:
-        visible = [v.strip() for v in parent_visible.split(",") if v.strip()]
-        where = f"CUDA_VISIBLE_DEVICES={parent_visible!r}"
-    else:
-        visible = [str(i) for i in range(device_count())]
-        where = "this machine"
-    bad = [g for g in wanted if not 0 <= g < len(visible)]
-    if bad:
-        raise ConfigError(
-            f"GPU index {bad[0]} is not available: {where} shows {len(visible)} GPU(s) "
-            f"(indices 0..{len(visible) - 1}); lower num_gpus or change gpu_ids={wanted}")
-    return [visible[g] for g in wanted]
-
-
-class _Spawner:
-    """A long-lived daemon thread that runs every Popen: PR_SET_PDEATHSIG follows the *thread*
-    that created the child, so a child spawned from a short-lived thread would be killed when
-    that thread ends (docs/runtime.md §1.6)."""
-
-    _lock = threading.Lock()
-    _queue: Optional[queue.SimpleQueue] = None
-
-    @classmethod
-    def call(cls, fn):
-        with cls._lock:
-            if cls._queue is None:
-                cls._queue = queue.SimpleQueue()
-                threading.Thread(target=cls._run, args=(cls._queue,), name="wan-spawner",
-                                 daemon=True).start()
-        fut: Future = Future()
-        cls._queue.put((fn, fut))
-        return fut.result()
-
-    @staticmethod
-    def _run(q: queue.SimpleQueue) -> None:
-        while True:
-            fn, fut = q.get()
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                fut.set_exception(exc)
-
-
-def _exit_status(pid: int) -> Optional[int]:
-    """Popen-style return code of an exited child without reaping it (so its pid, and the id of
-    its process group, cannot be reused before we SIGKILL that group); None while it runs."""
-    try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return 0
-    if info is None or info.si_pid == 0:
-        return None
-    return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
-
-
-def _proc_start_time(pid: int) -> Optional[int]:
-    """Start time of a live process (clock ticks since boot), to tell it from a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else int(fields[19])
-
-
-def sweep_stale_groups(max_age_unowned_s: float = 60.0) -> int:
-    """Clean up after clients that died without closing (SIGKILL, crash): for every private
-    folder whose owner process is gone, SIGKILL any worker still running (recognised by its
-    command line), unlink its shared-memory segments and remove the folder. Returns how many
-    folders were removed. Run at every group start (docs/runtime.md §9 #5)."""
-    removed = 0
-    for folder in Path(tempfile.gettempdir()).glob("wan_core-*"):
-        try:
-            owner = json.loads((folder / _OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            try:   # a folder being created right now has no owner file yet
-                if time.time() - folder.stat().st_mtime > max_age_unowned_s:
-                    shutil.rmtree(folder, ignore_errors=True)
-            except OSError:
-                pass
-            continue
-        if _proc_start_time(owner["pid"]) == owner["start"]:
-            continue   # its client is alive
-        for pid in owner.get("workers", []):
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    ours = owner["token"].encode() in f.read()
-            except OSError:
-                continue
-            if ours:
-                with contextlib.suppress(OSError):
-                    os.killpg(pid, signal.SIGKILL)
-        sweep(owner["token"])
-        shutil.rmtree(folder, ignore_errors=True)
-        removed += 1
-    return removed
-
-
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        hint = " (often the kernel's out-of-memory killer: check `dmesg`)" if -code == signal.SIGKILL else ""
-        return f"was killed by {name} (exit code {code}){hint}"
-    return f"exited with code {code}"
 
 
 class WorkerGroup:
@@ -230,8 +111,7 @@ class WorkerGroup:
         self._store = None
         self._supervisor: Optional[threading.Thread] = None
         self._acceptor: Optional[threading.Thread] = None
-        with contextlib.suppress(OSError):
-            sweep_stale_groups()
+        sweep_stale_groups()
         self._dir = tempfile.mkdtemp(prefix="wan_core-")   # mode 0700
         try:
             self._start()
@@ -259,7 +139,6 @@ class WorkerGroup:
 
         spec = self.spec
         if not os.path.isabs(spec.ckpt_dir):   # workers run in the pack root
-            from dataclasses import replace
             self.spec = spec = replace(spec, ckpt_dir=os.path.abspath(spec.ckpt_dir))
         authkey = secrets.token_bytes(32)
         self._sock_path = os.path.join(self._dir, "control.sock")
@@ -267,41 +146,21 @@ class WorkerGroup:
         self._store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
         self._config = dict(spec=spec, world_size=self.world_size, store_port=self._store.port,
                             store_prefix=self._token, pg_timeout_s=PG_TIMEOUT_S)
-        envs = self._child_envs(authkey)
+        envs = child_envs(spec, authkey)
         lifeline_r, self._lifeline_w = os.pipe()
         try:
-            self._procs = _Spawner.call(lambda: [self._popen(r, env, lifeline_r)
+            self._procs = Spawner.call(lambda: [self._popen(r, env, lifeline_r)
                                                  for r, env in enumerate(envs)])
         finally:
             os.close(lifeline_r)
-        owner = {"pid": os.getpid(), "start": _proc_start_time(os.getpid()), "token": self._token,
+        owner = {"pid": os.getpid(), "start": proc_start_time(os.getpid()), "token": self._token,
                  "workers": self.pids}
-        Path(self._dir, _OWNER_FILE).write_text(json.dumps(owner))
+        Path(self._dir, OWNER_FILE).write_text(json.dumps(owner))
         self._supervisor = threading.Thread(target=self._supervise, name="wan-supervisor",
                                             daemon=True)
         self._supervisor.start()
         self._acceptor = threading.Thread(target=self._accept_loop, name="wan-accept", daemon=True)
         self._acceptor.start()
-
-    def _child_envs(self, authkey: bytes) -> list[dict]:
-        n = self.world_size
-        base = {k: v for k, v in os.environ.items()
-                if k not in _TORCHRUN_ENV and not k.startswith("TORCHELASTIC_")}
-        base["PYTHONPATH"] = os.pathsep.join(
-            [str(PACK_ROOT)] + [p for p in base.get("PYTHONPATH", "").split(os.pathsep) if p])
-        base["PYTHONUNBUFFERED"] = "1"
-        base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
-        base[P.AUTHKEY_ENV] = authkey.hex()
-        if self.spec.device == "cuda":
-            import torch
-
-            gpus = physical_gpu_ids(self.spec.parallel, os.environ.get("CUDA_VISIBLE_DEVICES"),
-                                    torch.cuda.device_count)
-            # ComfyUI's cuda_malloc.py puts cudaMallocAsync in the environment; workers choose.
-            base["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
-        else:
-            gpus = [""] * n   # CPU ranks never touch a GPU
-        return [dict(base, CUDA_VISIBLE_DEVICES=gpus[r]) for r in range(n)]
 
     def _popen(self, rank: int, env: dict, lifeline_r: int) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "wan_core.runtime.worker", "--rank", str(rank),
@@ -328,10 +187,11 @@ class WorkerGroup:
                 if not conn.poll(_HELLO_TIMEOUT_S):
                     raise TimeoutError("no Hello")
                 hello = Channel(conn, "").recv()
-                rank = hello.rank
-                if (not isinstance(hello, P.Hello) or rank in connected
-                        or not 0 <= rank < self.world_size or self._procs[rank].pid != hello.pid):
+                if not isinstance(hello, P.Hello) or hello.protocol != P.PROTOCOL_VERSION:
                     raise ValueError(f"unexpected first message {hello!r}")
+                rank = hello.rank
+                if rank in connected or not 0 <= rank < self.world_size or self._procs[rank].pid != hello.pid:
+                    raise ValueError(f"unexpected Hello {hello!r}")
                 channel = Channel(conn, shm_prefix=f"{self._token}p{rank}_")
                 channel.send(P.WorkerConfig(shm_prefix=f"{self._token}r{rank}_", **self._config))
             except Exception:  # noqa: BLE001 - a stray or broken client; ignore it
@@ -388,7 +248,7 @@ class WorkerGroup:
                     if obj in channels:
                         self._read(channels[obj])
                 for rank in sorted(running):
-                    code = _exit_status(self._procs[rank].pid)
+                    code = exit_status(self._procs[rank].pid)
                     if code is None:
                         continue
                     running.discard(rank)
@@ -443,7 +303,7 @@ class WorkerGroup:
         if failed is not None:
             return failed.to_exception()
         pid = self._procs[rank].pid
-        return WorkerFailure(rank, "WorkerDied", f"worker rank {rank} (pid {pid}) {_describe_exit(code)}",
+        return WorkerFailure(rank, "WorkerDied", f"worker rank {rank} (pid {pid}) {describe_exit(code)}",
                              self._log_tail(rank))
 
     def _log_tail(self, rank: int) -> str:
@@ -509,7 +369,7 @@ class WorkerGroup:
                 self._lifeline_w = None
             self._signal_all(signal.SIGTERM)
             deadline = time.monotonic() + TERM_GRACE_S
-            while time.monotonic() < deadline and any(_exit_status(p.pid) is None for p in self._procs):
+            while time.monotonic() < deadline and any(exit_status(p.pid) is None for p in self._procs):
                 time.sleep(0.02)
             # Leaders are exited but not reaped, so their group ids are still ours: SIGKILL
             # reaches stragglers (grandchildren) too.
@@ -535,7 +395,7 @@ class WorkerGroup:
                     with contextlib.suppress(Exception):
                         ch.send(P.Shutdown())
                 deadline = time.monotonic() + SHUTDOWN_GRACE_S
-                while time.monotonic() < deadline and any(_exit_status(p.pid) is None for p in self._procs):
+                while time.monotonic() < deadline and any(exit_status(p.pid) is None for p in self._procs):
                     time.sleep(0.02)
             self._kill()
             self._closed = True
