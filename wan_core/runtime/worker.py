@@ -216,7 +216,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     own_shm = f"{args.token}r{args.rank}_"
 
     def orphaned() -> None:
-        # The client is gone and cannot clean up: its segments and its private folder go with us.
+        # The lifeline closed: the client died or exec'd (and cannot clean up), or it is tearing
+        # the group down (and will not mind). The group's segments and private folder go.
         sweep(args.token)
         folder = os.path.dirname(os.path.abspath(args.control))
         if os.path.basename(folder).startswith("wan_core-"):
