@@ -179,3 +179,28 @@ def test_pose_frames_sampling(tmp_path):
     assert abs(int(frames[1].mean()) - int(frames[0].mean()) - 14) <= 3
     pose = prepare_pose(frames, 128, 128)
     assert pose.shape == (1, 3, 10, 128, 128) and pose.min() >= -1 and pose.max() <= 1
+
+
+def test_clip_model_gives_the_negative_prompt_zero_audio():
+    """uncond = negative prompt + audio * 0, in a batch of 2 and with one context per rank (CFG
+    parallelism: the rank holding the negative prompt's context gets the zero audio)."""
+    from wan_core.pipeline.s2v import _ClipModel
+
+    seen = []
+
+    def fake_model(x, t, contexts, ref, motion, cond, audio, motion_frames, drop_motion_frames):
+        seen.append((len(contexts), audio.clone(), motion_frames, drop_motion_frames))
+        return x
+
+    ctx, ctx_null = torch.randn(3, 8), torch.randn(4, 8)
+    audio = torch.randn(1, 25, 8, 16)
+    m = _ClipModel(fake_model, ctx_null, None, None, None, audio, True)
+    x = torch.zeros(2, 16, 4, 8, 8)
+    m(x, torch.tensor([[999]]).expand(2, 1), [ctx, ctx_null])
+    m(x[:1], torch.tensor([999]), [ctx_null])
+    m(x[:1], torch.tensor([999]), [ctx])
+    (n0, a0, mf, drop), (n1, a1, _, _), (n2, a2, _, _) = seen
+    assert n0 == 2 and torch.equal(a0[0], audio[0]) and not a0[1].any()
+    assert n1 == 1 and not a1.any()
+    assert n2 == 1 and torch.equal(a2, audio)
+    assert tuple(mf) == (73, 19) and drop is True
