@@ -10,10 +10,11 @@ from wan_core.config import TASKS, GuideScale, Task
 from wan_core.errors import ConfigError
 
 from .convert import audio_from_comfy
-from .types import AUDIO, EXPERTS, TEXT, ExpertRouting, TextPrompt
+from .types import AUDIO, EXPERTS, TEXT, ExpertRouting, SpeechInput, TextPrompt
 
 CATEGORY = "Wan2.2 Multi-GPU"
 _T2V = TASKS[Task.T2V_A14B]
+_S2V = TASKS[Task.S2V_14B]
 
 
 class Wan22MGTextEncode:
@@ -72,8 +73,9 @@ class Wan22MGExpertRouter:
 
 
 class Wan22MGAudioEncode:
-    DESCRIPTION = ("Audio for S2V-14B (from the native LoadAudio): mixed to mono; the engine's "
-                   "wav2vec2 turns it into per-frame features on the workers.")
+    DESCRIPTION = ("Audio and clip settings for S2V-14B (audio from the native LoadAudio). The video is "
+                   "made clip by clip until the audio ends; the engine's wav2vec2 encodes the speech "
+                   "on the workers (mixed to mono, 16 kHz, as the official pipeline).")
     CATEGORY = CATEGORY
     FUNCTION = "encode"
     RETURN_TYPES = (AUDIO,)
@@ -81,7 +83,20 @@ class Wan22MGAudioEncode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"audio": ("AUDIO", {"tooltip": "speech or song that drives the video"})}}
+        return {"required": {
+            "audio": ("AUDIO", {"tooltip": "speech or song that drives the lips and the motion"}),
+            "frames_per_clip": ("INT", {"default": _S2V.frame_num, "min": 4, "max": 400, "step": 4,
+                                        "tooltip": "frames per clip, a multiple of 4 (official "
+                                        "--infer_frames 80; 16 fps)"}),
+            "max_clips": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip": "0 = as many clips as "
+                                  "the audio needs; N = stop after N clips (--num_clip)"}),
+            "start_from_ref": ("BOOLEAN", {"default": False, "tooltip": "the reference image becomes "
+                                           "the first frames (--start_from_ref)"}),
+        }}
 
-    def encode(self, audio):
-        return (audio_from_comfy(audio),)
+    def encode(self, audio, frames_per_clip, max_clips, start_from_ref):
+        from wan_core.pipeline.s2v import S2VOptions
+
+        options = S2VOptions(infer_frames=int(frames_per_clip), num_clip=int(max_clips) or None,
+                             start_from_ref=bool(start_from_ref))
+        return (SpeechInput(audio=audio_from_comfy(audio), options=options),)

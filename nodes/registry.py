@@ -56,16 +56,16 @@ class EngineRegistry:
         self.releases = 0
 
     # ------------------------------------------------------------------ start / reuse
-    def _new_client(self, spec: EngineSpec, should_cancel) -> object:
+    def _new_client(self, spec: EngineSpec, on_progress, should_cancel) -> object:
         if self._factory is not None:
             return self._factory(spec, should_cancel)
         from wan_core.client import EngineClient
 
-        return EngineClient(spec, should_cancel=should_cancel)
+        return EngineClient(spec, should_cancel=should_cancel, on_progress=on_progress)
 
     def ensure(self, spec: EngineSpec, on_progress=None, should_cancel=None) -> _Group:
-        """The live group for `spec`, started (and loaded: blocks) if needed. `on_progress` hears a
-        'load' phase when a start is needed; `should_cancel` can abort the start."""
+        """The live group for `spec`, started (and loaded: blocks) if needed. `on_progress` hears
+        the 'load' phase when a start is needed; `should_cancel` can abort the start."""
         with self._start_lock:          # one start at a time; status() never waits for it
             with self._lock:
                 group = self._groups.get(spec)
@@ -85,7 +85,7 @@ class EngineRegistry:
                 on_progress(_LoadPhase(f"loading the model on {self.starting}"))
             t0 = time.perf_counter()
             try:
-                client = self._new_client(spec, should_cancel)
+                client = self._new_client(spec, on_progress, should_cancel)
             finally:
                 self.starting = None
             group = _Group(spec=spec, client=client, started=time.time(), load_s=time.perf_counter() - t0)

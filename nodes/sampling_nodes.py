@@ -30,12 +30,14 @@ def build_request(task: Task, text, width, height, length, steps, shift, sampler
         raise InputError(f"{task.value} does not take audio; only s2v-14B does")
     return GenerateRequest(
         prompt=text.prompt, neg_prompt=text.negative or None, size=(int(width), int(height)),
-        frame_num=int(length), steps=int(steps), shift=float(shift),
+        frame_num=None if audio is not None else int(length),     # S2V: frames per clip are audio options
+        steps=int(steps), shift=float(shift),
         guide_scale=experts.guide if experts is not None else None,
         boundary=experts.boundary if experts is not None else None,
         solver=Solver.parse(sampler), seed=int(seed),
         image=image_to_engine(image) if image is not None else None,
-        audio=audio, decode=True)
+        audio=audio.audio if audio is not None else None,
+        s2v=audio.options if audio is not None else None, decode=True)
 
 
 class Wan22MGSampler:
@@ -58,7 +60,8 @@ class Wan22MGSampler:
                           "image's aspect ratio within width x height"}),
                 "height": ("INT", {"default": _H, "min": 16, "max": MAX_SIDE, "step": 16}),
                 "length": ("INT", {"default": _T2V.frame_num, "min": 1, "max": 1025, "step": 4,
-                           "tooltip": "frames, 4n+1 (official: 81 at 16 fps; TI2V-5B 121 at 24 fps)"}),
+                           "tooltip": "frames, 4n+1 (official: 81 at 16 fps; TI2V-5B 121 at 24 fps). "
+                           "S2V: unused, the audio's length and Audio Encode's clips decide"}),
                 "steps": ("INT", {"default": _T2V.sample_steps, "min": 1, "max": 1000,
                           "tooltip": "denoising steps (official: 40; TI2V-5B 50)"}),
                 "shift": ("FLOAT", {"default": _T2V.sample_shift, "min": 0.01, "max": 100.0,
@@ -88,7 +91,7 @@ class Wan22MGSampler:
         except Cancelled:
             relay.raise_if_interrupted()   # -> execution_interrupted
             raise
-        return (WanLatent(result=result, task=engine.task, audio=audio),)
+        return (WanLatent(result=result, task=engine.task),)
 
 
 class Wan22MGDecode:
@@ -114,12 +117,9 @@ class Wan22MGDecode:
 
 
 def _audio_for(latent: WanLatent, duration_s: float):
-    """S2V: the driving audio, cut to the video's duration (the official mux uses -shortest)."""
-    if latent.result.audio is not None:
-        samples, rate = latent.result.audio
-    elif latent.audio is not None:
-        track = latent.audio.load()
-        samples, rate = track.samples, track.sample_rate
-    else:
+    """S2V: the audio the engine aligned with the first frame, cut to the video's duration."""
+    track = latent.result.audio
+    if track is None:
         return None
+    samples, rate = (track.samples, track.sample_rate) if hasattr(track, "samples") else track
     return audio_to_comfy(samples[..., :int(round(duration_s * rate))], rate)

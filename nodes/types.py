@@ -6,7 +6,6 @@ socket names are part of saved workflows: keep them stable.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from wan_core.config import EngineSpec, GenerateResult, GuideScale, Task
 
@@ -53,11 +52,20 @@ class ExpertRouting:
 
 
 @dataclass(frozen=True)
+class SpeechInput:
+    """S2V's audio and clip settings (the WAN22MG_AUDIO value): `audio` is a
+    `wan_core.io.audio.AudioInput` (waveform + rate, mixed to mono and resampled to 16 kHz by the
+    engine), `options` a `wan_core.pipeline.s2v.S2VOptions` (frames per clip, clip count...)."""
+
+    audio: object
+    options: object
+
+
+@dataclass(frozen=True)
 class WanLatent:
     """A sampler result: the final latent, the decoded frames (the workers decode on the GPUs
-    that hold the VAE, in the same request) and the fps; S2V adds the driving audio
-    (`wan_core.io.audio.AudioInput`, the WAN22MG_AUDIO value) to mux."""
+    that hold the VAE, in the same request) and the fps. For S2V the result also carries the
+    audio to mux, aligned with the first frame."""
 
     result: GenerateResult
     task: Task
-    audio: Optional[object] = None

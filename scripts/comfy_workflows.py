@@ -52,13 +52,18 @@ def note_text(task: Task, gpus: int) -> str:
     else:
         dit = "  config.json, diffusion_pytorch_model-*.safetensors + .index.json"
     extra = "\n  wav2vec2-large-xlsr-53-english/" if task == Task.S2V_14B else ""
-    layout = ("1 GPU. " + ("The idle MoE expert waits in CPU memory (offload=experts), as the "
-                           "official --offload_model True; a 80 GB GPU holds 720p." if spec.moe else
-                           "T5 runs on the CPU (t5_cpu), as the official 24 GB recipe.")
-              if gpus == 1 else
-              f"{gpus} GPUs: Ulysses {gpus} + DiT and T5 FSDP, the official "
-              f"torchrun --nproc_per_node={gpus} ... --dit_fsdp --t5_fsdp --ulysses_size {gpus}. "
-              "More GPUs: raise gpus and ulysses_size together (or enable cfg_parallel).")
+    if gpus > 1:
+        layout = (f"{gpus} GPUs: Ulysses {gpus} + DiT and T5 FSDP, the official torchrun "
+                  f"--nproc_per_node={gpus} ... --dit_fsdp --t5_fsdp --ulysses_size {gpus}. More GPUs: "
+                  "raise gpus and ulysses_size together (or enable cfg_parallel).")
+    elif spec.moe:
+        layout = ("1 GPU: the idle MoE expert waits in CPU memory (offload=experts, the official "
+                  "--offload_model True): 720p on one 80 GB GPU. Smaller GPUs: offload=blocks.")
+    elif task == Task.TI2V_5B:
+        layout = "1 GPU: T5 on the CPU (t5_cpu), the official 24 GB recipe (RTX 4090)."
+    else:
+        layout = ("1 GPU: T5 on the CPU (t5_cpu); the 14B model needs an 80 GB GPU. Smaller GPUs: "
+                  "offload=blocks.")
     inputs = {Task.I2V_A14B: f"\nPut the start image in ComfyUI/input/ and pick it in Load Image.",
               Task.TI2V_5B: "\nText-to-video as shipped; connect a Load Image to the sampler's image for "
                             "image-to-video.",
@@ -69,7 +74,8 @@ def note_text(task: Task, gpus: int) -> str:
             f"{dit}\n  models_t5_umt5-xxl-enc-bf16.pth\n  {spec.vae_file}\n  google/umt5-xxl/{extra}\n\n"
             f"huggingface-cli download Wan-AI/{folder} --local-dir ComfyUI/models/wan22/{folder}\n\n"
             f"{layout}{inputs}\n\n"
-            f"Official defaults: {spec.default_size.replace('*', 'x')}, {spec.frame_num} frames at "
+            f"Official defaults: {spec.default_size.replace('*', 'x')}, "
+            f"{spec.frame_num} frames{' per clip' if task == Task.S2V_14B else ''} at "
             f"{spec.fps} fps, {spec.sample_steps} steps, shift {spec.sample_shift:g}. An empty "
             "negative prompt uses the official one.")
 
@@ -80,7 +86,7 @@ def api_workflow(task: Task, gpus: int) -> tuple[dict, dict]:
     w, h = (int(v) for v in spec.default_size.split("*"))
     loader = {"task": task.value, "checkpoint": OFFICIAL_FOLDERS[task], "gpus": gpus,
               "ulysses_size": gpus, "cfg_parallel": False, "dit_fsdp": gpus > 1, "t5_fsdp": gpus > 1,
-              "t5_cpu": gpus == 1 and not spec.moe,
+              "t5_cpu": gpus == 1 and not spec.moe,          # TI2V-5B, S2V-14B
               "offload": "experts" if gpus == 1 and spec.moe else "none",
               "dtype": "bf16", "attention": "auto", "device": "cuda", "gpu_ids": ""}
     p = {
@@ -109,10 +115,11 @@ def api_workflow(task: Task, gpus: int) -> tuple[dict, dict]:
         pos["8"] = [420, 560]
     if task == Task.S2V_14B:
         p["9"] = {"class_type": "LoadAudio", "inputs": {"audio": AUDIO}}
-        p["10"] = {"class_type": "Wan22MGAudioEncode", "inputs": {"audio": ["9", 0]}}
+        p["10"] = {"class_type": "Wan22MGAudioEncode", "inputs": {
+            "audio": ["9", 0], "frames_per_clip": spec.frame_num, "max_clips": 0, "start_from_ref": False}}
         p["4"]["inputs"]["audio"] = ["10", 0]
         p["6"]["inputs"]["audio"] = ["5", 2]
-        pos["9"], pos["10"] = [-420, 520], [-420, 700]
+        pos["9"], pos["10"] = [-420, 520], [-420, 720]
     return p, pos
 
 

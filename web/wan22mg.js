@@ -2,6 +2,7 @@
 // - the loader shows only the widgets that apply: no Ulysses/CFG-parallel/FSDP with one GPU, no
 //   offload with DiT FSDP, no T5 FSDP with T5 on the CPU; ulysses_size snaps to a degree that
 //   divides the task's head count and gpus follows ulysses_size x (2 with cfg_parallel);
+// - the sampler hides `length` when its loader runs S2V (clips come from the audio);
 // - a status line on the loader: each rank's phase and memory, from GET /wan22mg/status and the
 //   wan22mg.progress events the sampler sends.
 // Nothing here is needed to run prompts: API users never load it, and the server validates alone.
@@ -9,6 +10,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const LOADER = "Wan22MGModelLoader";
+const SAMPLER = "Wan22MGSampler";
 const HEADS = { "t2v-A14B": 40, "i2v-A14B": 40, "ti2v-5B": 24, "s2v-14B": 40 };
 const MULTI_GPU_ONLY = ["ulysses_size", "cfg_parallel", "dit_fsdp", "t5_fsdp"];
 const STATUS = "wan22mg_status";
@@ -69,6 +71,35 @@ function applyVisibility(node) {
   }
 }
 
+// The sampler's `length` is unused by S2V (the audio and Audio Encode's clips decide).
+function samplerTask(node) {
+  const slot = node.findInputSlot?.("engine") ?? -1;
+  const src = slot >= 0 ? node.getInputNode?.(slot) : null;
+  return src?.comfyClass === LOADER ? widget(src, "task")?.value : undefined;
+}
+
+function refreshSamplers() {
+  for (const node of app.graph?.nodes ?? []) {
+    if (node.comfyClass !== SAMPLER) continue;
+    if (setHidden(node, "length", samplerTask(node) === "s2v-14B")) {
+      node.setSize([node.size[0], node.computeSize()[1]]);
+      node.setDirtyCanvas?.(true, true);
+    }
+  }
+}
+
+function setupSampler(node) {
+  if (node.wan22mgHooked) return;
+  const orig = node.onConnectionsChange;
+  node.onConnectionsChange = function (...args) {
+    const r = orig?.apply(this, args);
+    refreshSamplers();
+    return r;
+  };
+  node.wan22mgHooked = true;
+  refreshSamplers();
+}
+
 function formatBytes(n) {
   if (!n) return "0";
   const gib = n / 1024 ** 3;
@@ -110,6 +141,7 @@ function setupLoader(node) {
       const r = orig?.apply(this, args);
       reconcile(node, name);
       applyVisibility(node);
+      if (name === "task") refreshSamplers();
       return r;
     };
     w.wan22mgHooked = true;
@@ -165,9 +197,15 @@ app.registerExtension({
 
   nodeCreated(node) {
     if (node.comfyClass === LOADER) setupLoader(node);
+    if (node.comfyClass === SAMPLER) setupSampler(node);
   },
 
   loadedGraphNode(node) {
     if (node.comfyClass === LOADER) setupLoader(node);
+    if (node.comfyClass === SAMPLER) setupSampler(node);
+  },
+
+  afterConfigureGraph() {
+    refreshSamplers();
   },
 });

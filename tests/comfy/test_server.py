@@ -45,7 +45,11 @@ def tiny(prompt: dict, tag: str, **sampler) -> dict:
             inp.update(sampler)
         elif ct == "SaveVideo":
             inp["filename_prefix"] = f"tests/{tag}"
+        elif ct == "Wan22MGAudioEncode":            # one clip of 16 frames (1 s of the 2 s test.wav)
+            inp.update(frames_per_clip=16, max_clips=1)
     task = p[by_class(p, "Wan22MGModelLoader")]["inputs"]["task"]
+    if task == "s2v-14B":                           # S2V sizes are multiples of 64 (area only)
+        p[by_class(p, "Wan22MGSampler")]["inputs"].update(width=128, height=128)
     for node in p.values():
         if node["class_type"] == "LoadImage":
             node["inputs"]["image"] = INPUTS[task]
@@ -110,6 +114,10 @@ def test_workflows_load_in_the_frontend_and_export(comfy, tmp_path):
                 assert {"ulysses_size", "cfg_parallel", "dit_fsdp", "t5_fsdp"} <= set(hidden), (path.name, hidden)
             else:
                 assert "ulysses_size" not in hidden and "offload" in hidden, (path.name, hidden)   # dit_fsdp on
+            sampler_hidden = fe.js("() => app.graph.nodes.filter((n) => n.type === 'Wan22MGSampler')"
+                                   "[0].widgets.filter((w) => w.hidden).map((w) => w.name)")
+            task = api[by_class(api, "Wan22MGModelLoader")]["inputs"]["task"]
+            assert ("length" in sampler_hidden) == (task == "s2v-14B"), (path.name, sampler_hidden)
         # ulysses_size snaps to a degree that divides the head count; gpus follows it.
         snapped = fe.js("""() => {
             const n = app.graph.nodes.find((n) => n.type === 'Wan22MGModelLoader');
