@@ -35,13 +35,14 @@ writer trims the audio to the video (`io.audio.write_mp4_with_audio`).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -474,7 +475,7 @@ class S2VOutput:
 def _audio_features(encoder, plan: S2VPlan, device) -> AudioFeatures:
     samples = speech_samples(plan.audio)
     use_cuda = torch.device(device).type == "cuda"
-    ctx = torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if use_cuda else _nullcontext()
+    ctx = torch.backends.cudnn.flags(enabled=True, allow_tf32=False) if use_cuda else contextlib.nullcontext()
     prev = torch.backends.cuda.matmul.allow_tf32
     try:
         torch.backends.cuda.matmul.allow_tf32 = False      # the official encoder runs in true fp32
@@ -483,14 +484,6 @@ def _audio_features(encoder, plan: S2VPlan, device) -> AudioFeatures:
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev
     return bucket_features(feat, plan.infer_frames, plan.task.fps, plan.audio.duration_s)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def run_s2v(plan: S2VPlan, comp: Components, audio_encoder, dist, hooks: RunHooks, *,
