@@ -88,6 +88,8 @@ def build_model(mode: str, dist_ctx, device: torch.device, backend) -> WanModel:
         apply_ulysses(model, dist_ctx.ulysses_group, dist_ctx.ulysses_size, dist_ctx.ulysses_rank)
     fsdp = mode in ("fsdp_ulysses", "cfg_fsdp")
     if fsdp:
+        # bf16 shards, as the engine loads them (FSDP masters in the parameter dtype, not fp32).
+        model.to(torch.bfloat16)
         apply_fsdp(model, fsdp_mesh(dist_ctx.world_group, device.type), param_dtype=torch.bfloat16)
     model.to_empty(device=device)
     g = torch.Generator(device=device).manual_seed(1234 + dist_ctx.rank)
