@@ -266,3 +266,67 @@ def test_pipe_mp4_with_audio(pipe_run, tmp_path):
     assert info.video_codec == "h264" and info.audio_codec == "aac"
     assert info.video_frames == 29
     assert abs(info.video_duration_s - info.audio_duration_s) <= 1 / 16
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths the goldens do not cover (pose video, start_from_ref): plumbing checks on one short clip
+
+
+def _pose_mp4(path, frames: int, size: int = 96):
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=16)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        for i in range(frames):
+            img = np.zeros((size, size, 3), np.uint8)
+            img[:, (i * 5) % size:(i * 5) % size + 8] = 255          # a moving bar
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.mark.slow
+def test_pose_video_conditions_the_clip(s2v_engine, tiny_dir, tmp_path):
+    """The pose latents are the VAE latents of [first frame, clip frames] minus the first one
+    (official load_pose_cond), and they change the DiT's prediction."""
+    from wan_core.pipeline.s2v import prepare_pose, read_pose_frames
+
+    pose = _pose_mp4(tmp_path / "pose.mp4", 20)
+    runs = {}
+    for name, extra in (("pose", {"pose_video": str(pose)}), ("none", {})):
+        req = _s2v_request(tiny_dir, num_clip=1, **extra)
+        from dataclasses import replace
+        req = replace(req, steps=1, decode=False)
+        trace: dict = {}
+        s2v_engine.generate(req, trace=lambda k, v: trace.__setitem__(k, v))
+        runs[name] = trace
+    frames = prepare_pose(read_pose_frames(str(pose), 16), 128, 128)
+    want = s2v_engine.vae.encode(torch.cat([frames[:, :, :1], frames], dim=2))[0, :, 1:]
+    assert rel_err(runs["pose"]["pose_latent0"], want) < 1e-6
+    assert rel_err(runs["pose"]["call00_noise_model_out"], runs["none"]["call00_noise_model_out"]) > 1e-3
+
+
+@pytest.mark.slow
+def test_start_from_ref(s2v_engine, tiny_dir):
+    """start_from_ref (official init_first_frame): the motion buffer's last 6 frames are the reference,
+    the first clip keeps its motion tokens and decodes after the 19 motion latents, all 16 frames."""
+    from dataclasses import replace
+
+    req = replace(_s2v_request(tiny_dir, num_clip=1, start_from_ref=True), steps=1)
+    trace: dict = {}
+    result = s2v_engine.generate(req, trace=lambda k, v: trace.__setitem__(k, v))
+    assert trace["motion_latents0"].shape == (16, 19, 16, 16)
+    assert trace["vae_decode_in0"].shape == (16, 23, 16, 16)
+    assert torch.equal(trace["vae_decode_in0"][:, :19], trace["motion_latents0"])
+    assert result.video.shape[0] == 16                      # nothing dropped
+    assert abs(result.audio.duration_s - 2.0) < 1e-9         # no offset to compensate
+    buf = torch.zeros(1, 3, 73, 128, 128)
+    from wan_core.io.images import load_image_tensor
+
+    buf[:, :, -6:] = load_image_tensor(tiny_dir / "inputs" / "s2v_ref.png")[None, :, None] * 2 - 1
+    assert rel_err(trace["motion_latents0"], s2v_engine.vae.encode(buf)[0]) < 1e-6

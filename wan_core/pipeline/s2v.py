@@ -208,9 +208,9 @@ def probe_pose_video(path: str, target_fps: int = 16) -> PoseInfo:
     return PoseInfo(fps=fps, total_frames=total, interval=max(1, round(fps / target_fps)))
 
 
-def read_pose_frames(path: str, n_frames: int, target_fps: int = 16) -> np.ndarray:
-    """Official `read_last_n_frames(..., reverse=True)`: frames 0, k, 2k, ... (k = round(fps/16)),
-    at most n_frames, as uint8 [N, H, W, 3]."""
+def iter_pose_frames(path: str, n_frames: int, target_fps: int = 16):
+    """Official `read_last_n_frames(..., reverse=True)` as a stream: frames 0, k, 2k, ...
+    (k = round(fps / 16)), at most n_frames, each uint8 [H, W, 3] (decord -> PyAV)."""
     import av
 
     container = _open_video(path)
@@ -218,20 +218,38 @@ def read_pose_frames(path: str, n_frames: int, target_fps: int = 16) -> np.ndarr
         stream = container.streams.video[0]
         fps = float(stream.average_rate) if stream.average_rate else float(target_fps)
         interval = max(1, round(fps / target_fps))
-        out = []
+        taken = 0
         try:
             for i, frame in enumerate(container.decode(stream)):
                 if i % interval == 0:
-                    out.append(frame.to_ndarray(format="rgb24"))
-                    if len(out) >= n_frames:
+                    yield frame.to_ndarray(format="rgb24")
+                    taken += 1
+                    if taken >= n_frames:
                         break
         except av.error.FFmpegError as exc:
             raise InputError(f"pose video {path!r} is corrupt ({exc})") from None
     finally:
         container.close()
+
+
+def read_pose_frames(path: str, n_frames: int, target_fps: int = 16) -> np.ndarray:
+    """`iter_pose_frames` collected: uint8 [N, H, W, 3]."""
+    out = list(iter_pose_frames(path, n_frames, target_fps))
     if not out:
         raise InputError(f"pose video {path!r} has no frames")
     return np.stack(out)
+
+
+def pose_clips(path: str, clips: int, infer_frames: int, height: int, width: int, target_fps: int = 16):
+    """Yield each clip's pose frames [1, 3, infer_frames, H, W] in [-1, 1], decoding the video as it
+    goes (at most one clip of frames in memory)."""
+    frames = iter_pose_frames(path, clips * infer_frames, target_fps)
+    for r in range(clips):
+        chunk = [f for _, f in zip(range(infer_frames), frames)]
+        if len(chunk) < infer_frames:   # the plan counted enough frames; a damaged file decodes fewer
+            raise InputError(f"pose video {path!r} decoded to {r * infer_frames + len(chunk)} frames at "
+                             f"{target_fps} fps; {clips * infer_frames} are needed")
+        yield prepare_pose(np.stack(chunk), height, width)
 
 
 def prepare_pose(frames: np.ndarray, height: int, width: int) -> Tensor:
@@ -527,17 +545,17 @@ def run_s2v(plan: S2VPlan, comp: Components, audio_encoder, dist, hooks: RunHook
         # latents (it decodes after the reference latent): the official encode of the initial
         # buffer is skipped, the result is the same.
         motion_latents = None if plan.drop_first_motion else comp.vae_encode(buffer).float()
+        if trace is not None and motion_latents is not None:
+            trace("motion_latents0", motion_latents[0].detach().cpu())
         conds: list[Optional[Tensor]] = [None] * clips
         if plan.options.pose_video is not None:
-            frames = read_pose_frames(str(plan.options.pose_video), nf * clips, fps)
-            pose = prepare_pose(frames, h, w)
-            if pose.shape[2] < nf * clips:   # probe and decode disagree (a damaged file)
-                raise InputError(f"pose video {plan.options.pose_video!r} decoded to {pose.shape[2]} "
-                                 f"frames; {nf * clips} are needed")
-            for r in range(clips):
-                part = pose[:, :, r * nf:(r + 1) * nf]
+            # Official load_pose_cond: each clip's first frame is duplicated before encoding and
+            # the first latent dropped.
+            for r, part in enumerate(pose_clips(str(plan.options.pose_video), clips, nf, h, w, fps)):
                 part = torch.cat([part[:, :, :1], part], dim=2).to(device)
                 conds[r] = comp.vae_encode(part)[:, :, 1:].float()
+                if trace is not None:
+                    trace(f"pose_latent{r}", conds[r][0].detach().cpu())
     timings[Phase.ENCODE] = time.perf_counter() - start
     hooks.report(Phase.ENCODE, 3, 3, start, "inputs encoded")
 
