@@ -12,6 +12,17 @@ Tolerances (rel_err = max|ours - golden| / max|golden|):
   layers, two clips and the VAE re-encode of the motion frames; a wrong segment or position is
   far above).
 The audio goes in as a waveform (PyAV is not needed on the device machine).
+
+On the device tool the whole wan22_tiny (117 MB) does not fit the 64 MiB transfer; carry the S2V
+part only (48 MB, real files instead of the symbolic links) plus the ftfy wheels in `.whl/`:
+    T=.s2vgpu/wan22_tiny; S=../shared/wan22_tiny; mkdir -p $T/ckpt/s2v-14B $T/golden $T/inputs
+    cp $S/ckpt/s2v-14B/{config.json,diffusion_pytorch_model*} $T/ckpt/s2v-14B/
+    cp -r $S/ckpt/s2v-14B/wav2vec2-large-xlsr-53-english $T/ckpt/s2v-14B/
+    cp -rL $S/ckpt/shared/google $T/ckpt/s2v-14B/; cp $S/ckpt/shared/{models_t5_umt5-xxl-enc-bf16.pth,Wan2.1_VAE.pth} $T/ckpt/s2v-14B/
+    cp $S/golden/{s2v,pipe_s2v}.safetensors $T/golden/; cp $S/inputs/{s2v_ref.png,test.wav} $T/inputs/
+and run (carry [".s2vgpu", ".whl"]):
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+    WAN22_TINY=$PWD/.s2vgpu/wan22_tiny python3 -m pytest -m gpu tests/gpu/test_s2v_gpu.py -s
 """
 from __future__ import annotations
 
