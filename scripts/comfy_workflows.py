@@ -101,18 +101,18 @@ def api_workflow(task: Task, gpus: int) -> tuple[dict, dict]:
         "7": {"class_type": "SaveVideo", "inputs": {"video": ["6", 0], "filename_prefix": f"wan22/{task.value}",
                                                    "format": "mp4", "format.codec": "h264"}},
     }
-    pos = {"1": [0, 0], "2": [0, 520], "4": [420, 180], "5": [800, 180], "6": [800, 320], "7": [1120, 180],
+    pos = {"1": [0, 0], "2": [0, 520], "4": [430, 180], "5": [810, 180], "6": [810, 320], "7": [1130, 180],
            "note": [-420, 0]}
     if spec.moe:
         low, high = spec.guide_scale
         p["3"] = {"class_type": "Wan22MGExpertRouter", "inputs": {
             "boundary": spec.boundary, "guidance_high_noise": high, "guidance_low_noise": low}}
         p["4"]["inputs"]["experts"] = ["3", 0]
-        pos["3"] = [420, 0]
+        pos["3"] = [430, 0]
     if task in (Task.I2V_A14B, Task.S2V_14B):
         p["8"] = {"class_type": "LoadImage", "inputs": {"image": IMAGE}}
         p["4"]["inputs"]["image"] = ["8", 0]
-        pos["8"] = [420, 560]
+        pos["8"] = [430, 560]
     if task == Task.S2V_14B:
         p["9"] = {"class_type": "LoadAudio", "inputs": {"audio": AUDIO}}
         p["10"] = {"class_type": "Wan22MGAudioEncode", "inputs": {
@@ -139,11 +139,11 @@ async ([pos, note, noteTitle]) => {
   const nn = LiteGraph.createNode('Note');
   nn.title = noteTitle;
   nn.pos = pos.note;
-  nn.widgets[0].value = note;
   app.graph.add(nn);
+  nn.widgets[0].value = note;      // after add: the widget value store is keyed by node id
   nn.size = [400, 480];
-  for (const [type, size] of [['Wan22MGDecode', [250, 90]], ['Wan22MGSampler', [320, 330]]]) {
-    for (const n of app.graph.nodes.filter((n) => n.type === type)) n.size = size;
+  for (const [type, width] of [['Wan22MGDecode', 250], ['Wan22MGSampler', 320], ['Wan22MGModelLoader', 370]]) {
+    for (const n of app.graph.nodes.filter((n) => n.type === type)) n.size = [width, n.computeSize()[1]];
   }
   app.graph.setDirtyCanvas(true, true);
 }
@@ -158,11 +158,49 @@ def export(frontend: harness.Frontend, task: Task, gpus: int) -> dict:
     return frontend.serialize()
 
 
+_RUN_JS = """
+async ([overrides]) => {
+  const api = window.comfyAPI.api.api;
+  window.__run = {done: false, ok: null, error: null};
+  api.addEventListener('execution_success', () => { window.__run = {done: true, ok: true}; });
+  api.addEventListener('execution_error', (e) => { window.__run = {done: true, ok: false, error: e.detail}; });
+  for (const n of app.graph.nodes) {
+    for (const [name, value] of Object.entries(overrides[n.type] || {})) {
+      const w = n.widgets.find((x) => x.name === name);
+      if (w) { w.value = value; w.callback?.(value); }
+    }
+  }
+  await app.queuePrompt(0, 1);
+}
+"""
+
+
+def demo_run_screenshot(frontend: harness.Frontend, path: str) -> None:
+    """The T2V 2-GPU example run on the tiny test checkpoint (2 CPU ranks): progress, the status
+    line and the video player as a user sees them after a run."""
+    wf = json.loads((REPO / "workflows" / (workflow_name(Task.T2V_A14B, 2) + ".json")).read_text())
+    frontend.load(wf, "wan22_t2v-A14B_2gpu.json")
+    overrides = {"Wan22MGModelLoader": {"checkpoint": "t2v-A14B", "device": "cpu", "dtype": "fp32"},
+                 "Wan22MGSampler": {"width": 320, "height": 192, "length": 17, "steps": 8}}
+    frontend.js(_RUN_JS, [overrides])
+    frontend.page.wait_for_function("() => window.__run.done", timeout=600_000)
+    if not frontend.js("() => window.__run.ok"):
+        raise RuntimeError(f"demo run failed: {frontend.js('() => window.__run.error')}")
+    frontend.page.wait_for_function(
+        "() => (window.__wan22mgStatus?.groups || []).length > 0", timeout=30_000)
+    frontend.page.wait_for_timeout(4000)          # the status poll and the video preview
+    frontend.js("() => app.extensionManager.setting.set('Comfy.Minimap.Visible', false)")
+    frontend.fit_view()
+    frontend.screenshot(path)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "workflows"))
     ap.add_argument("--screenshots", help="also save PNGs of the workflows in this folder")
     ap.add_argument("--only", action="append", help="workflow name(s) to regenerate")
+    ap.add_argument("--demo-run", metavar="PNG", help="also run the T2V 2-GPU example on the tiny "
+                    "checkpoint (../shared/wan22_tiny, 2 CPU ranks) and save a screenshot after the run")
     args = ap.parse_args()
     comfy, python, why = harness.locate()
     if comfy is None:
@@ -170,7 +208,7 @@ def main() -> int:
         return 2
     base = Path(tempfile.mkdtemp(prefix="wan22-export-"))
     try:
-        harness.make_base_dir(base)
+        harness.make_base_dir(base, harness.tiny_root() if args.demo_run else None)
         for task, folder in OFFICIAL_FOLDERS.items():   # stand-ins so the combo offers the names
             sub = base / "models" / "wan22" / folder / ("high_noise_model" if TASKS[task].moe else "")
             sub.mkdir(parents=True, exist_ok=True)
@@ -198,6 +236,9 @@ def main() -> int:
                         shot.parent.mkdir(parents=True, exist_ok=True)
                         fe.screenshot(str(shot))
                         print(f"wrote {shot}")
+                if args.demo_run:
+                    demo_run_screenshot(fe, args.demo_run)
+                    print(f"wrote {args.demo_run}")
         finally:
             server.stop()
     finally:

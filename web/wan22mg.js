@@ -106,32 +106,31 @@ function formatBytes(n) {
   return gib >= 1 ? `${gib.toFixed(1)} GiB` : `${(n / 1024 ** 2).toFixed(0)} MiB`;
 }
 
-export function statusText(status, taskFilter) {
-  const groups = (status?.groups ?? []).filter((g) => !taskFilter || g.task === taskFilter);
+// "idle · r0 idle 1.2 GiB · r1 idle 1.2 GiB" for the groups of this loader's task and checkpoint.
+export function statusText(status, task, checkpoint) {
+  const groups = (status?.groups ?? []).filter(
+    (g) => (!task || g.task === task) && (!checkpoint || g.checkpoint?.endsWith("/" + checkpoint)));
+  if (status?.starting) return `starting: ${status.starting}`;
   if (!groups.length) return "no workers running";
   return groups
     .map((g) => {
       const ranks = Array.isArray(g.ranks) ? g.ranks : g.ranks?.ranks;
-      const per = Array.isArray(ranks)
-        ? ranks
-            .map((r) => {
-              const m = r.memory ?? {};
-              const mem = m.allocated_bytes != null ? formatBytes(m.allocated_bytes) : formatBytes(m.rss_bytes);
-              return `r${r.rank} ${r.phase ?? "?"} ${mem}`;
-            })
-            .join(" | ")
-        : "";
-      return `${g.layout}: ${g.phase}${per ? " — " + per : ""}`;
+      const per = (Array.isArray(ranks) ? ranks : []).map((r) => {
+        const m = r.memory ?? {};
+        const mem = formatBytes(m.allocated_bytes ?? m.rss_bytes);
+        return `r${r.rank} ${r.phase ?? "?"} ${mem}`;
+      });
+      return [g.phase, ...per].join(" · ");
     })
-    .join("\n");
+    .join(" ‖ ");
 }
 
 function setupLoader(node) {
   if (!widget(node, STATUS)) {
     const w = node.addWidget("text", STATUS, "", () => {}, { serialize: false });
-    w.serialize = false;
-    w.disabled = true;
-    w.label = "status";
+    w.serialize = false;          // not in the saved workflow, not in the API prompt
+    w.label = "workers";
+    w.onClick = () => {};         // read-only (a disabled widget would not draw its value)
   }
   for (const name of ["task", "gpus", "ulysses_size", "cfg_parallel", "dit_fsdp", "t5_cpu"]) {
     const w = widget(node, name);
@@ -156,8 +155,12 @@ function refreshStatusWidgets(extra) {
     if (node.comfyClass !== LOADER) continue;
     const w = widget(node, STATUS);
     if (!w) continue;
-    let text = node.wan22mgLayoutError ?? statusText(lastStatus, widget(node, "task")?.value);
-    if (extra && !node.wan22mgLayoutError) text = `${extra}\n${text}`;
+    const gpus = widget(node, "gpus")?.value ?? 1;
+    const visible = lastStatus?.visible_gpus ?? 0;
+    const tooMany = widget(node, "device")?.value === "cuda" && visible > 0 && gpus > visible
+      ? `gpus=${gpus} but ComfyUI sees ${visible} GPU(s)` : null;
+    let text = node.wan22mgLayoutError ?? tooMany ?? statusText(lastStatus, widget(node, "task")?.value, widget(node, "checkpoint")?.value);
+    if (extra && !node.wan22mgLayoutError) text = `${extra} · ${text}`;
     if (w.value !== text) {
       w.value = text;
       node.setDirtyCanvas?.(true, false);
