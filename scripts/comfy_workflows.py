@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "comfy"))
 
-import harness  # noqa: E402
+import comfyui_harness as harness  # noqa: E402
 from wan_core.config import TASKS, Task  # noqa: E402
 
 OFFICIAL_FOLDERS = {Task.T2V_A14B: "Wan2.2-T2V-A14B", Task.I2V_A14B: "Wan2.2-I2V-A14B",

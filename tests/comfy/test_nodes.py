@@ -21,7 +21,7 @@ from nodes.types import ENGINE, TextPrompt
 from wan_core.config import EngineSpec, GenerateRequest, GuideScale, ParallelConfig, Task
 from wan_core.errors import ConfigError, InputError, WorkerFailure
 
-from harness import REPO
+from comfyui_harness import REPO
 
 IDS = ("Wan22MGModelLoader", "Wan22MGExpertRouter", "Wan22MGTextEncode", "Wan22MGAudioEncode",
        "Wan22MGSampler", "Wan22MGDecode", "Wan22MGRelease")
