@@ -82,14 +82,13 @@ def build_model(mode: str, dist_ctx, device: torch.device, backend) -> WanModel:
     from wan_core.distributed.ulysses import apply_ulysses
 
     with torch.device("meta"):
-        model = WanModel(DiTConfig(**A14B))
+        # bf16 from the start, as the engine loads (no fp32 copy on the GPU, ever).
+        model = WanModel(DiTConfig(**A14B)).to(torch.bfloat16)
     model.set_attention_kernel(backend)
     if dist_ctx.ulysses_size > 1:
         apply_ulysses(model, dist_ctx.ulysses_group, dist_ctx.ulysses_size, dist_ctx.ulysses_rank)
     fsdp = mode in ("fsdp_ulysses", "cfg_fsdp")
     if fsdp:
-        # bf16 shards, as the engine loads them (FSDP masters in the parameter dtype, not fp32).
-        model.to(torch.bfloat16)
         apply_fsdp(model, fsdp_mesh(dist_ctx.world_group, device.type), param_dtype=torch.bfloat16)
     model.to_empty(device=device)
     g = torch.Generator(device=device).manual_seed(1234 + dist_ctx.rank)
@@ -97,8 +96,6 @@ def build_model(mode: str, dist_ctx, device: torch.device, backend) -> WanModel:
         for p in model.parameters():
             local = p.to_local() if hasattr(p, "to_local") else p
             local.normal_(0.0, 0.02, generator=g)
-    if not fsdp:
-        model.to(torch.bfloat16)
     return model.eval()
 
 
@@ -112,6 +109,8 @@ def run_mode(mode: str, args, dist_ctx, device: torch.device) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     model = build_model(mode, dist_ctx, device, backend)
     weights_gb = torch.cuda.memory_allocated(device) / 2**30 if cuda else 0.0
+    if cuda:   # the peak below is weights + what a step needs, not the random initialisation
+        torch.cuda.reset_peak_memory_stats(device)
     f, h, w = LATENT[args.res]
     gen = torch.Generator("cpu").manual_seed(0)
     x = torch.randn(1, 16, f, h, w, generator=gen).to(device)
