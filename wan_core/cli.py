@@ -277,23 +277,14 @@ class ProgressBars:
 
 def precheck(spec: EngineSpec, request: GenerateRequest):
     """Everything that can be checked without loading weights; returns the RunPlan."""
-    from .loading.detect import dit_folders, read_config
     from .pipeline.engine import check_checkpoint
+    from .pipeline.parallelize import validate_request, validate_spec
     from .pipeline.video_tasks import resolve_request
 
     task = Task.parse(spec.task)
+    validate_spec(spec)               # the same checks as WanEngine and EngineClient
+    validate_request(spec, request)   # cfg_parallel needs a guidance other than 1
     check_checkpoint(spec.ckpt_dir, task)
-    heads = int(read_config(next(iter(dit_folders(spec.ckpt_dir, task).values()))).get(
-        "num_heads", TASKS[task].num_heads))
-    spec.parallel.validate(heads)
-    if spec.parallel.cfg_parallel:
-        from .distributed.cfg_parallel import validate_guidance
-        g = request.guide_scale or GuideScale(*TASKS[task].guide_scale)
-        validate_guidance(True, g)
-    if OffloadMode(spec.parallel.offload) != OffloadMode.NONE:
-        from .distributed.offload import validate_offload
-        validate_offload(OffloadMode(spec.parallel.offload), moe=TASKS[task].moe,
-                         dit_fsdp=spec.parallel.dit_fsdp)
     if task == Task.S2V_14B:   # decodes the audio now: a bad file fails before any weight loads
         from .pipeline.s2v import resolve_s2v_request
 

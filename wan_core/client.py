@@ -58,7 +58,9 @@ def _copy(f: WorkerFailure) -> WorkerFailure:
 
 class EngineClient:
     """Starts `spec.parallel.num_gpus` worker processes and loads the engine on each (blocks until
-    every rank is ready). Raises `ConfigError` for an impossible spec, `WorkerFailure` naming the
+    every rank is ready). Raises `ConfigError` for an impossible spec before any process starts
+    (`runtime.processes.check_start`: the parallel layout against the model, the GPUs visible on
+    CUDA), `WorkerFailure` naming the
     rank when a rank cannot start (e.g. a `CheckpointError`), `Cancelled` when `should_cancel()`
     turns true while loading. `on_progress` hears rank 0's loading steps (phase "load"); an
     exception it raises aborts the start."""
@@ -97,8 +99,12 @@ class EngineClient:
         `pipeline.progress.Progress`: phase, step, total, elapsed_s, message); if it raises (e.g.
         ComfyUI's interrupt exception), the run is cancelled and that exception is re-raised once
         every rank stopped. `should_cancel()` is polled about every 100 ms; when true, every rank
-        stops at the same step boundary and `Cancelled(step)` is raised.
+        stops at the same step boundary and `Cancelled(step)` is raised. A request the layout
+        cannot run (cfg_parallel with a guidance of 1) raises `ConfigError` before it is sent.
         """
+        from .pipeline.parallelize import validate_request
+
+        validate_request(self.spec, request)
         with self._job_lock:
             if not self.alive:
                 raise _copy(self._group.failure)

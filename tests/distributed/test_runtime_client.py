@@ -9,7 +9,7 @@ import pytest
 
 import wan_core.client as client_mod
 from wan_core.client import EngineClient
-from wan_core.config import GenerateRequest, GenerateResult
+from wan_core.config import EngineSpec, GenerateRequest, GenerateResult, Task
 from wan_core.errors import Cancelled, WorkerFailure
 from wan_core.runtime import protocol as P
 from wan_core.runtime.group import GroupDied, RankMessage
@@ -44,7 +44,7 @@ class ScriptedGroup:
 
 def _client(group) -> EngineClient:
     c = object.__new__(EngineClient)
-    c.spec = None
+    c.spec = EngineSpec(task=Task.T2V_A14B, ckpt_dir="unused")   # generate() checks the request against it
     c._group = group
     c._job_lock = threading.Lock()
     c._ids = iter(range(1, 100))

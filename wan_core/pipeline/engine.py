@@ -79,6 +79,9 @@ class WanEngine:
         if self.task not in VIDEO_TASKS and not self.is_s2v:
             raise ConfigError(f"WanEngine does not run {self.task.value}")
         self.task_spec = TASKS[self.task]
+        from .parallelize import validate_spec
+
+        validate_spec(spec)   # the parallel layout against this model, before anything heavy
         self.device = torch.device(dist.device if dist is not None else spec.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device 'cuda' was asked for but CUDA is not available "
@@ -97,10 +100,6 @@ class WanEngine:
         folders = dit_folders(ckpt, self.task)
         dit_cfg = read_config(next(iter(folders.values())))
         par = spec.parallel
-        from .parallelize import validate as validate_parallel
-
-        validate_parallel(par, num_heads=int(dit_cfg.get("num_heads", self.task_spec.num_heads)),
-                          moe=self.task_spec.moe)
         if self.dist.world_size != par.num_gpus:
             raise ConfigError(f"the engine was given {self.dist.world_size} rank(s) but num_gpus="
                               f"{par.num_gpus}; start one process per GPU")

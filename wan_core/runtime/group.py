@@ -40,11 +40,11 @@ from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 from typing import Callable, Optional, Union
 
-from ..config import TASKS, EngineSpec
+from ..config import EngineSpec
 from ..errors import Cancelled, WorkerFailure
 from . import protocol as P
-from .processes import (OWNER_FILE, PACK_ROOT, Spawner, child_envs, describe_exit, exit_status,
-                        proc_start_time, sweep_stale_groups)
+from .processes import (OWNER_FILE, PACK_ROOT, Spawner, check_start, child_envs, describe_exit,
+                        exit_status, proc_start_time, sweep_stale_groups)
 from .transport import Channel, sweep
 
 TERM_GRACE_S = 3.0
@@ -86,7 +86,7 @@ class WorkerGroup:
     def __init__(self, spec: EngineSpec, *, start_timeout_s: float = 1800.0,
                  should_cancel: Optional[Callable[[], bool]] = None,
                  on_progress: Optional[Callable[[P.ProgressEvent], None]] = None) -> None:
-        spec.parallel.validate(TASKS[spec.task].num_heads)
+        check_start(spec)   # ConfigError for an impossible spec before anything is created
         self.spec = spec
         self.world_size = spec.parallel.num_gpus
         self.events: "queue.Queue[GroupEvent]" = queue.Queue()

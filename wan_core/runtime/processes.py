@@ -50,6 +50,48 @@ def physical_gpu_ids(parallel: ParallelConfig, parent_visible: Optional[str],
     return [visible[g] for g in wanted]
 
 
+def check_gpus_visible(parallel: ParallelConfig, visible: int, cuda_visible: Optional[str]) -> None:
+    """ConfigError unless `visible` CUDA GPUs (what this process sees: torch.cuda.device_count(),
+    0 without CUDA) cover `parallel`: num_gpus of them, and every id of `gpu_ids`.
+    `cuda_visible`: this process's CUDA_VISIBLE_DEVICES, quoted in the message."""
+    where = ("CUDA_VISIBLE_DEVICES is not set" if cuda_visible is None
+             else f"CUDA_VISIBLE_DEVICES={cuda_visible!r}")
+    if visible == 0:
+        raise ConfigError(f"device 'cuda' with num_gpus={parallel.num_gpus}, but this process sees no "
+                          f"CUDA GPU ({where}; torch {_torch_cuda_words()}); use device 'cpu', or make "
+                          "the GPUs visible")
+    if parallel.num_gpus > visible:
+        raise ConfigError(f"num_gpus={parallel.num_gpus}, but only {visible} CUDA GPU(s) are visible "
+                          f"({where}); use num_gpus <= {visible} (ulysses_size and cfg_parallel to "
+                          "match) or make more GPUs visible")
+    bad = [g for g in (parallel.gpu_ids or ()) if not 0 <= g < visible]
+    if bad:
+        raise ConfigError(f"gpu_ids={list(parallel.gpu_ids)} names GPU {bad[0]}, but only {visible} CUDA "
+                          f"GPU(s) are visible (ids 0..{visible - 1}; {where}); pick ids below {visible}")
+
+
+def _torch_cuda_words() -> str:
+    import torch
+
+    if torch.version.cuda is None:
+        return f"{torch.__version__} is a CPU-only build"
+    return f"{torch.__version__} (CUDA {torch.version.cuda}) finds no device"
+
+
+def check_start(spec: EngineSpec) -> None:
+    """What a group start checks in the parent before it creates anything (folder, store,
+    process): the parallel layout against the model (`pipeline.parallelize.validate_spec`) and,
+    on CUDA, that the GPUs it asks for are visible. Raises ConfigError."""
+    from ..pipeline.parallelize import validate_spec
+
+    validate_spec(spec)
+    if spec.device.startswith("cuda"):
+        import torch
+
+        visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        check_gpus_visible(spec.parallel, visible, os.environ.get("CUDA_VISIBLE_DEVICES"))
+
+
 class Spawner:
     """A long-lived daemon thread that runs every Popen: PR_SET_PDEATHSIG follows the *thread*
     that created the child, so a child spawned from a short-lived thread would be killed when
