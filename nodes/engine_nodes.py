@@ -96,8 +96,12 @@ class Wan22MGModelLoader:
 
     def load(self, task, checkpoint, gpus, ulysses_size, cfg_parallel, dit_fsdp, t5_fsdp, t5_cpu,
              offload, dtype, attention, device, gpu_ids="", unique_id=None):
+        from wan_core.pipeline.engine import check_checkpoint
+
         spec = build_spec(task, checkpoints.resolve(checkpoint), gpus, ulysses_size, cfg_parallel,
                           dit_fsdp, t5_fsdp, t5_cpu, offload, dtype, attention, device, gpu_ids)
+        # Every file there, the right task, no truncated shard: said here, before any worker starts.
+        check_checkpoint(spec.ckpt_dir, spec.task)
         relay = NodeProgress(unique_id)
         try:
             REGISTRY.ensure(spec, relay.on_progress, relay.should_cancel)

@@ -47,6 +47,7 @@ class _Group:
 
 class EngineRegistry:
     def __init__(self, client_factory: Optional[Callable] = None) -> None:
+        """`client_factory(spec, should_cancel=, on_progress=)`: wan_core.client.EngineClient."""
         self._lock = threading.RLock()
         self._start_lock = threading.Lock()
         self.starting: Optional[str] = None     # layout of the group being started, if any
@@ -57,11 +58,10 @@ class EngineRegistry:
 
     # ------------------------------------------------------------------ start / reuse
     def _new_client(self, spec: EngineSpec, on_progress, should_cancel) -> object:
-        if self._factory is not None:
-            return self._factory(spec, should_cancel)
-        from wan_core.client import EngineClient
-
-        return EngineClient(spec, should_cancel=should_cancel, on_progress=on_progress)
+        factory = self._factory
+        if factory is None:
+            from wan_core.client import EngineClient as factory
+        return factory(spec, should_cancel=should_cancel, on_progress=on_progress)
 
     def ensure(self, spec: EngineSpec, on_progress=None, should_cancel=None) -> _Group:
         """The live group for `spec`, started (and loaded: blocks) if needed. `on_progress` hears
@@ -69,9 +69,10 @@ class EngineRegistry:
         with self._start_lock:          # one start at a time; status() never waits for it
             with self._lock:
                 group = self._groups.get(spec)
-                if group is not None and not _alive(group.client):
-                    log.warning("Wan2.2 worker group for %s is gone; restarting it", spec.ckpt_dir)
-                    self._drop(group)
+                if group is not None and (group.release_pending or not _alive(group.client)):
+                    if not group.release_pending:
+                        log.warning("Wan2.2 worker group for %s is gone; restarting it", spec.ckpt_dir)
+                    self._drop(group)       # a release asked for earlier takes effect before reuse
                     group = None
                 if group is not None:
                     return group
@@ -98,23 +99,27 @@ class EngineRegistry:
     # ------------------------------------------------------------------ run
     def generate(self, spec: EngineSpec, request: GenerateRequest, on_progress=None,
                  should_cancel=None) -> GenerateResult:
-        group = self.ensure(spec, on_progress, should_cancel)
-        try:
+        while True:
+            group = self.ensure(spec, on_progress, should_cancel)
             with group.busy:
-                group.phase = "generating"
-                group.requests += 1
-                return group.client.generate(request, on_progress=on_progress, should_cancel=should_cancel)
-        except WorkerFailure:
-            if not _alive(group.client):
-                # The client killed a group left inconsistent (a rank died or got stranded): forget
-                # it now; the next prompt starts a new one.
-                group.release_pending = True
-            raise
-        finally:
-            group.phase = "idle"
-            if group.release_pending:
-                with self._lock:
-                    self._drop(group)
+                if self._groups.get(spec) is not group:
+                    continue        # ended by /free between ensure() and here: start a new one
+                try:
+                    group.phase = "generating"
+                    group.requests += 1
+                    return group.client.generate(request, on_progress=on_progress,
+                                                 should_cancel=should_cancel)
+                except WorkerFailure:
+                    if not _alive(group.client):
+                        # The client killed a group left inconsistent (a rank died or got
+                        # stranded): forget it now; the next prompt starts a new one.
+                        group.release_pending = True
+                    raise
+                finally:
+                    group.phase = "idle"
+                    if group.release_pending:       # /free arrived while it ran
+                        with self._lock:
+                            self._drop(group)
 
     # ------------------------------------------------------------------ release
     def release(self, spec: Optional[EngineSpec] = None, wait: bool = True) -> int:

@@ -147,6 +147,7 @@ function setupLoader(node) {
   }
   reconcile(node, null);
   applyVisibility(node);
+  refreshStatusWidgets();
 }
 
 let lastStatus = null;

@@ -170,7 +170,7 @@ def test_checkpoint_names_never_resolve_outside_the_folder(monkeypatch, tmp_path
 class FakeClient:
     started = 0
 
-    def __init__(self, spec, should_cancel=None):
+    def __init__(self, spec, should_cancel=None, on_progress=None):
         FakeClient.started += 1
         self.spec, self.alive, self.closed, self.calls = spec, True, False, 0
         self.gate = threading.Event()
@@ -246,3 +246,13 @@ def test_release_while_busy_waits_for_the_request():
     while not group.client.closed and time.time() < deadline:
         time.sleep(0.01)
     assert group.client.closed and reg.status()["groups"] == []
+
+
+def test_a_release_asked_for_takes_effect_before_reuse():
+    """/free marks a group before its helper thread ends it: the next prompt must not reuse it."""
+    reg = EngineRegistry(client_factory=FakeClient)
+    spec = _spec()
+    old = reg.ensure(spec)
+    old.release_pending = True
+    assert reg.generate(spec, GenerateRequest(prompt="x")) == "result"
+    assert old.client.closed and reg.loads == 2 and reg._groups[spec] is not old

@@ -25,8 +25,6 @@ TINY = {"width": 64, "height": 64, "length": 5, "steps": 3}
 INPUTS = {"i2v-A14B": "i2v_input.png", "ti2v-5B": "ti2v_input.png", "s2v-14B": "s2v_ref.png"}
 FPS = {"t2v-A14B": 16, "i2v-A14B": 16, "ti2v-5B": 24, "s2v-14B": 16}
 
-EXPORTED: dict[str, dict] = {}     # workflow stem -> API prompt exported by the frontend
-
 
 def by_class(prompt: dict, class_type: str) -> str:
     ids = [k for k, v in prompt.items() if v["class_type"] == class_type]
@@ -136,52 +134,70 @@ def test_status_route(comfy):
 
 
 # ------------------------------------------------------------------------------------------ frontend
-def test_workflows_load_in_the_frontend_and_export(comfy, tmp_path):
-    assert len(WORKFLOWS) == 8, [w.name for w in WORKFLOWS]
+_HIDDEN_JS = ("(type) => app.graph.nodes.filter((n) => n.type === type)[0]"
+              ".widgets.filter((w) => w.hidden).map((w) => w.name)")
+
+
+@pytest.fixture(scope="module")
+def exported(comfy):
+    """Every shipped workflow loaded in the real frontend (headless Chromium), exported to API
+    format by it, and what the page showed on the way; the run tests queue these exports."""
+    seen = SimpleNamespace(api={}, missing={}, hidden={}, sampler_hidden={})
     with harness.Frontend(comfy.url) as fe:
-        assert set(NODE_IDS) <= fe.registered()
-        assert fe.js("() => (app.extensions || []).some((e) => e.name === 'wan22mg.ui')")
+        seen.registered = fe.registered()
+        seen.extension = fe.js("() => (app.extensions || []).some((e) => e.name === 'wan22mg.ui')")
         for path in WORKFLOWS:
             wf = json.loads(path.read_text())
-            assert "nodes" in wf and "links" in wf, f"{path.name} is not a UI-format workflow"
-            assert any(n["type"] in ("Note", "MarkdownNote") and "models/wan22/" in json.dumps(n.get("widgets_values"))
-                       for n in wf["nodes"]), f"{path.name} has no note about models/wan22/"
-            assert fe.missing_nodes(wf) == [], path.name
+            seen.missing[path.stem] = fe.missing_nodes(wf)
             fe.load(wf, path.name)
-            api = fe.export_api()
-            assert by_class(api, "SaveVideo") and by_class(api, "Wan22MGSampler")
-            EXPORTED[path.stem] = api
-            # The web extension shows only the widgets that apply.
-            hidden = fe.js("() => app.graph.nodes.filter((n) => n.type === 'Wan22MGModelLoader')"
-                           "[0].widgets.filter((w) => w.hidden).map((w) => w.name)")
-            gpus = api[by_class(api, "Wan22MGModelLoader")]["inputs"]["gpus"]
-            if gpus == 1:
-                assert {"ulysses_size", "cfg_parallel", "dit_fsdp", "t5_fsdp"} <= set(hidden), (path.name, hidden)
-            else:
-                assert "ulysses_size" not in hidden and "offload" in hidden, (path.name, hidden)   # dit_fsdp on
-            sampler_hidden = fe.js("() => app.graph.nodes.filter((n) => n.type === 'Wan22MGSampler')"
-                                   "[0].widgets.filter((w) => w.hidden).map((w) => w.name)")
-            task = api[by_class(api, "Wan22MGModelLoader")]["inputs"]["task"]
-            assert ("length" in sampler_hidden) == (task == "s2v-14B"), (path.name, sampler_hidden)
+            seen.api[path.stem] = fe.export_api()
+            seen.hidden[path.stem] = fe.js(_HIDDEN_JS, "Wan22MGModelLoader")
+            seen.sampler_hidden[path.stem] = fe.js(_HIDDEN_JS, "Wan22MGSampler")
         # ulysses_size snaps to a degree that divides the head count; gpus follows it.
-        snapped = fe.js("""() => {
+        seen.snapped = fe.js("""() => {
             const n = app.graph.nodes.find((n) => n.type === 'Wan22MGModelLoader');
             const w = (name) => n.widgets.find((x) => x.name === name);
             w('task').value = 'ti2v-5B'; w('cfg_parallel').value = false;
             w('ulysses_size').value = 5; w('ulysses_size').callback(5);
             return [w('ulysses_size').value, w('gpus').value];
         }""")
-        assert snapped in ([4, 4], [6, 6]), snapped       # 24 heads: 5 is not a valid degree
-        fe.page.wait_for_function("() => window.__wan22mgStatus && window.__wan22mgStatus.checkpoints")
-        assert fe.page_errors == [] and fe.console_errors == [], (fe.page_errors, fe.console_errors)
+        status_js = ("() => app.graph.nodes.find((n) => n.type === 'Wan22MGModelLoader')"
+                     ".widgets.find((w) => w.name === 'wan22mg_status').value")
+        fe.page.wait_for_function(status_js, timeout=15_000)
+        seen.status_line = fe.js(status_js)
+        seen.page_errors, seen.console_errors = fe.page_errors, fe.console_errors
+    return seen
+
+
+def test_workflows_load_in_the_frontend_and_export(exported):
+    assert len(WORKFLOWS) == 8, [w.name for w in WORKFLOWS]
+    assert set(NODE_IDS) <= exported.registered and exported.extension
+    for path in WORKFLOWS:
+        wf = json.loads(path.read_text())
+        assert "nodes" in wf and "links" in wf, f"{path.name} is not a UI-format workflow"
+        assert any(n["type"] in ("Note", "MarkdownNote") and "models/wan22/" in json.dumps(n.get("widgets_values"))
+                   for n in wf["nodes"]), f"{path.name} has no note about models/wan22/"
+        assert exported.missing[path.stem] == [], path.name
+        api = exported.api[path.stem]
+        assert by_class(api, "SaveVideo") and by_class(api, "Wan22MGSampler")
+        # The web extension shows only the widgets that apply.
+        loader = api[by_class(api, "Wan22MGModelLoader")]["inputs"]
+        hidden = set(exported.hidden[path.stem])
+        if loader["gpus"] == 1:
+            assert {"ulysses_size", "cfg_parallel", "dit_fsdp", "t5_fsdp"} <= hidden, (path.name, hidden)
+        else:
+            assert "ulysses_size" not in hidden and "offload" in hidden, (path.name, hidden)   # dit_fsdp on
+        assert ("length" in exported.sampler_hidden[path.stem]) == (loader["task"] == "s2v-14B"), path.name
+    assert exported.snapped in ([4, 4], [6, 6]), exported.snapped     # 24 heads: 5 is not a valid degree
+    assert exported.status_line == "no workers running"               # from GET /wan22mg/status
+    assert exported.page_errors == [] and exported.console_errors == [], (exported.page_errors,
+                                                                          exported.console_errors)
 
 
 # ------------------------------------------------------------------------------------------ runs
 @pytest.mark.parametrize("name", [p.stem for p in WORKFLOWS])
-def test_shipped_workflow_runs_to_an_mp4(comfy, name, tmp_path):
-    if name not in EXPORTED:
-        pytest.fail("the frontend export test did not export this workflow")
-    prompt = tiny(EXPORTED[name], name)
+def test_shipped_workflow_runs_to_an_mp4(comfy, exported, name):
+    prompt = tiny(exported.api[name], name)
     task = prompt[by_class(prompt, "Wan22MGModelLoader")]["inputs"]["task"]
     run = run_ok(comfy, prompt, timeout=600)
     files = [f for f in comfy.client.files(run.prompt_id) if f["filename"].endswith(".mp4")]
@@ -202,10 +218,10 @@ def test_shipped_workflow_runs_to_an_mp4(comfy, name, tmp_path):
             assert len(container.streams.audio) == 1
 
 
-def test_new_seed_reuses_the_warm_group(comfy):
-    first = run_ok(comfy, tiny(EXPORTED["wan22_t2v-A14B_1gpu"], "reuse", seed=1234))
+def test_new_seed_reuses_the_warm_group(comfy, exported):
+    first = run_ok(comfy, tiny(exported.api["wan22_t2v-A14B_1gpu"], "reuse", seed=1234))
     before = status(comfy)
-    prompt = tiny(EXPORTED["wan22_t2v-A14B_1gpu"], "reuse", seed=1235)
+    prompt = tiny(exported.api["wan22_t2v-A14B_1gpu"], "reuse", seed=1235)
     run = run_ok(comfy, prompt)
     after = status(comfy)
     loader = by_class(prompt, "Wan22MGModelLoader")
@@ -222,8 +238,8 @@ def test_new_seed_reuses_the_warm_group(comfy):
     assert {"encode", "denoise", "decode"} <= set(phases), phases
 
 
-def test_interrupt_mid_sampling_then_next_prompt_works(comfy):
-    prompt = tiny(EXPORTED["wan22_t2v-A14B_1gpu"], "interrupt", steps=400, seed=7)
+def test_interrupt_mid_sampling_then_next_prompt_works(comfy, exported):
+    prompt = tiny(exported.api["wan22_t2v-A14B_1gpu"], "interrupt", steps=400, seed=7)
     sampler = by_class(prompt, "Wan22MGSampler")
     sent = []
 
@@ -236,12 +252,12 @@ def test_interrupt_mid_sampling_then_next_prompt_works(comfy):
     assert sent and run.first("execution_interrupted") is not None, run.describe()
     last = max(d["value"] for t, d in run.events if t == "progress")
     assert last < 400
-    run_ok(comfy, tiny(EXPORTED["wan22_t2v-A14B_1gpu"], "after-interrupt", seed=8))
+    run_ok(comfy, tiny(exported.api["wan22_t2v-A14B_1gpu"], "after-interrupt", seed=8))
     assert status(comfy)["loads"] == loads            # cancelled, not killed: same group
 
 
-def test_broken_checkpoint_is_a_clear_error_and_the_server_keeps_serving(comfy):
-    prompt = tiny(EXPORTED["wan22_t2v-A14B_1gpu"], "broken")
+def test_broken_checkpoint_is_a_clear_error_and_the_server_keeps_serving(comfy, exported):
+    prompt = tiny(exported.api["wan22_t2v-A14B_1gpu"], "broken")
     prompt[by_class(prompt, "Wan22MGModelLoader")]["inputs"]["checkpoint"] = comfy.broken
     run = comfy.client.run(prompt, timeout=300)
     err = run.first("execution_error")
@@ -249,11 +265,11 @@ def test_broken_checkpoint_is_a_clear_error_and_the_server_keeps_serving(comfy):
     assert err["node_type"] == "Wan22MGModelLoader"
     assert "diffusion_pytorch_model-00002-of-00003.safetensors" in err["exception_message"], err["exception_message"]
     assert comfy.server.alive()
-    run_ok(comfy, tiny(EXPORTED["wan22_t2v-A14B_1gpu"], "after-broken", seed=9))
+    run_ok(comfy, tiny(exported.api["wan22_t2v-A14B_1gpu"], "after-broken", seed=9))
 
 
-def test_a_path_outside_models_wan22_is_refused(comfy):
-    prompt = tiny(EXPORTED["wan22_t2v-A14B_1gpu"], "path")
+def test_a_path_outside_models_wan22_is_refused(comfy, exported):
+    prompt = tiny(exported.api["wan22_t2v-A14B_1gpu"], "path")
     prompt[by_class(prompt, "Wan22MGModelLoader")]["inputs"]["checkpoint"] = "../../../etc"
     run = comfy.client.run(prompt)
     assert run.rejected is not None and "value_not_in_list" in json.dumps(run.rejected), run.describe()
@@ -275,23 +291,23 @@ def _frames(comfy, prompt, tag):
     return np.stack([np.asarray(Image.open(io.BytesIO(comfy.client.download(f))).convert("RGB")) for f in files])
 
 
-def test_two_cpu_ranks_give_the_one_rank_video(comfy):
+def test_two_cpu_ranks_give_the_one_rank_video(comfy, exported):
     """The 2-GPU workflow's layout (Ulysses 2 + DiT/T5 FSDP) on 2 gloo ranks vs 1 rank, same seed.
     Both decode to uint8 on rank 0; the sums inside attention and the FSDP all-gathers differ only
     in float32 rounding, so a pixel may move by one 8-bit level at a rounding boundary."""
     import numpy as np
 
-    one = _frames(comfy, tiny(EXPORTED["wan22_t2v-A14B_1gpu"], "r1", seed=31), "r1")
-    two = _frames(comfy, tiny(EXPORTED["wan22_t2v-A14B_2gpu"], "r2", seed=31), "r2")
+    one = _frames(comfy, tiny(exported.api["wan22_t2v-A14B_1gpu"], "r1", seed=31), "r1")
+    two = _frames(comfy, tiny(exported.api["wan22_t2v-A14B_2gpu"], "r2", seed=31), "r2")
     assert one.shape == two.shape == (TINY["length"], TINY["height"], TINY["width"], 3)
     diff = np.abs(one.astype(int) - two.astype(int))
     assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
-    assert np.abs(one.astype(int) - _frames(comfy, tiny(EXPORTED["wan22_t2v-A14B_1gpu"], "r1b", seed=32),
+    assert np.abs(one.astype(int) - _frames(comfy, tiny(exported.api["wan22_t2v-A14B_1gpu"], "r1b", seed=32),
                                             "r1b").astype(int)).max() > 1      # the check can fail
 
 
-def test_dead_group_is_restarted_on_the_next_prompt(comfy):
-    prompt = tiny(EXPORTED["wan22_t2v-A14B_1gpu"], "dead", seed=11)
+def test_dead_group_is_restarted_on_the_next_prompt(comfy, exported):
+    prompt = tiny(exported.api["wan22_t2v-A14B_1gpu"], "dead", seed=11)
     run_ok(comfy, prompt)
     st = status(comfy)
     group = next(g for g in st["groups"] if g["task"] == "t2v-A14B" and g["layout"].startswith("1 "))
@@ -300,7 +316,7 @@ def test_dead_group_is_restarted_on_the_next_prompt(comfy):
     deadline = time.time() + 30
     while time.time() < deadline and _pid_alive(pid):
         time.sleep(0.2)
-    prompt = tiny(EXPORTED["wan22_t2v-A14B_1gpu"], "dead", seed=12)
+    prompt = tiny(exported.api["wan22_t2v-A14B_1gpu"], "dead", seed=12)
     run = comfy.client.run(prompt, timeout=300)
     if not run.ok:      # the death may be noticed by this prompt: it fails naming the rank...
         err = run.first("execution_error")
@@ -317,8 +333,8 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def test_release_node_ends_its_group(comfy):
-    prompt = tiny(EXPORTED["wan22_ti2v-5B_1gpu"], "release", seed=3)
+def test_release_node_ends_its_group(comfy, exported):
+    prompt = tiny(exported.api["wan22_ti2v-5B_1gpu"], "release", seed=3)
     run_ok(comfy, prompt)
 
     def ti2v_layouts():
@@ -333,7 +349,7 @@ def test_release_node_ends_its_group(comfy):
     assert ti2v_layouts() == [layout for layout in before if layout != one[0]]    # only that group ended
 
 
-def test_free_ends_every_group_and_the_next_prompt_reloads(comfy):
+def test_free_ends_every_group_and_the_next_prompt_reloads(comfy, exported):
     assert status(comfy)["groups"], "earlier tests left no group to free"
     code, _ = comfy.client.post("/free", {"unload_models": True, "free_memory": True})
     assert code == 200
@@ -342,5 +358,5 @@ def test_free_ends_every_group_and_the_next_prompt_reloads(comfy):
         time.sleep(0.3)
     st = status(comfy)
     assert st["groups"] == [], st
-    run_ok(comfy, tiny(EXPORTED["wan22_t2v-A14B_1gpu"], "after-free", seed=5))
+    run_ok(comfy, tiny(exported.api["wan22_t2v-A14B_1gpu"], "after-free", seed=5))
     assert status(comfy)["loads"] == st["loads"] + 1
