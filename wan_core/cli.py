@@ -182,7 +182,9 @@ def build_spec(args, task: Task) -> EngineSpec:
             raise ConfigError(f"--device {device}: CUDA is not available here (no GPU, or a CPU build of "
                               "torch); use --device cpu")
         num_gpus, gpu_ids = args.num_gpus
-        if num_gpus == 1 and gpu_ids and not _under_torchrun():
+        if _under_torchrun():
+            device = "cuda"                   # each launched process uses GPU LOCAL_RANK
+        elif num_gpus == 1 and gpu_ids:
             device = f"cuda:{gpu_ids[0]}"     # --num_gpus 3 style list of one id: run there in-process
     if args.dtype is not None:
         dtype = ParamDtype(args.dtype)
@@ -328,31 +330,12 @@ def _run_in_process(spec: EngineSpec, request: GenerateRequest, bars: ProgressBa
 
 
 def _run_torchrun(spec: EngineSpec, request: GenerateRequest, bars: ProgressBars):
-    import torch
-    import torch.distributed as tdist
+    from .runtime.dist_init import run_under_torchrun
 
-    from .distributed.context import DistContext
-    from .pipeline.engine import WanEngine
-    from .pipeline.progress import RunHooks
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if spec.device.startswith("cuda"):
-        torch.cuda.set_device(local_rank)
-        device, backend = torch.device("cuda", local_rank), "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    tdist.init_process_group(backend=backend)
     try:
-        dctx = DistContext.from_initialized(spec.parallel, device)
-        if dctx.rank != 0:
-            bars.enabled = False
-        engine = WanEngine(spec, dctx, on_progress=bars)
-        result = engine.generate(request, RunHooks(on_progress=bars))
-        dctx.barrier()
-        return result
+        return run_under_torchrun(spec, request, on_progress=bars)   # bars fed on rank 0 only
     finally:
         bars.close()
-        tdist.destroy_process_group()
 
 
 def _run_group(spec: EngineSpec, request: GenerateRequest, bars: ProgressBars):

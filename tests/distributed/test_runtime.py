@@ -347,3 +347,25 @@ def test_run_under_torchrun(t2v_ckpt, reference, tmp_path):
     got = torch.load(out, weights_only=True)
     assert rel_err(got["latent"], reference.latent) <= TOL
     assert (got["video"].int() - reference.video.int()).abs().max() <= 1
+
+
+@pytest.mark.timeout(180)
+def test_cli_under_torchrun(t2v_ckpt, reference, tmp_path):
+    """`torchrun -m wan_core generate ...`: the CLI hands the launched process to
+    `run_under_torchrun` (one code path); rank 0 saves the same latent as one rank in-process."""
+    latent, video = tmp_path / "latent.safetensors", tmp_path / "out.mp4"
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    w, h = REQUEST.size
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "wan_core", "generate", "--task", TASK, "--ckpt_dir", str(t2v_ckpt), "--device", "cpu",
+         "--prompt", REQUEST.prompt, "--size", f"{w}*{h}", "--frame_num", str(REQUEST.frame_num),
+         "--sample_steps", str(REQUEST.steps), "--base_seed", str(REQUEST.seed),
+         "--save_file", str(video), "--save_latent", str(latent)],
+        env=env, cwd=str(REPO), capture_output=True, text=True, timeout=160)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    assert rel_err(load_file(str(latent))["latent"], reference.latent) <= TOL
+    assert video.is_file()

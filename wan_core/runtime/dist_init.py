@@ -54,11 +54,14 @@ def init_distributed(spec: EngineSpec, rank: int, world_size: int, *, store=None
 def run_under_torchrun(spec: EngineSpec, request: GenerateRequest,
                        on_progress: Optional[Callable] = None) -> Optional[GenerateResult]:
     """Run one request in a group launched by `torchrun --nproc-per-node N` (each launched process
-    calls this). Joins the launched group, loads the engine, generates; rank 0 returns the result
-    (others None); the group is destroyed afterwards. `on_progress` is called on rank 0 only."""
+    calls this; the CLI does under torchrun). Checks the layout, joins the launched group, loads
+    the engine, generates; rank 0 returns the result (others None); every rank waits for the
+    others before the group is destroyed. `on_progress(Progress)` hears rank 0's loading and
+    denoising steps (other ranks never call it)."""
     import torch.distributed as dist
 
     from ..pipeline.engine import RunHooks, WanEngine
+    from ..pipeline.parallelize import validate_spec
 
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -67,10 +70,13 @@ def run_under_torchrun(spec: EngineSpec, request: GenerateRequest,
     if world != spec.parallel.num_gpus:
         raise ConfigError(f"torchrun started {world} processes but num_gpus={spec.parallel.num_gpus}; "
                           f"pass --nproc-per-node {spec.parallel.num_gpus}")
+    validate_spec(spec)   # every rank refuses an impossible layout before joining the group
     ctx = init_distributed(spec, rank, world, local_device=int(os.environ.get("LOCAL_RANK", rank)))
     try:
-        engine = WanEngine(spec, ctx)
-        hooks = RunHooks(on_progress=on_progress if rank == 0 else None)
-        return engine.generate(request, hooks)
+        progress = on_progress if rank == 0 else None
+        engine = WanEngine(spec, ctx, on_progress=progress)
+        result = engine.generate(request, RunHooks(on_progress=progress))
+        ctx.barrier()   # rank 0 may still be decoding: nobody tears the group down under it
+        return result
     finally:
         dist.destroy_process_group()
