@@ -11,7 +11,6 @@ from __future__ import annotations
 from wan_core.errors import InputError
 
 
-
 def image_to_engine(image):
     """First picture of a ComfyUI IMAGE batch -> [3, H, W] float32 in [0, 1] (alpha dropped)."""
     import torch
@@ -25,28 +24,15 @@ def image_to_engine(image):
     return picture.permute(2, 0, 1).clamp(0.0, 1.0).contiguous().cpu()
 
 
-def engine_to_image(image):
-    """[3, H, W] in [0, 1] -> IMAGE [1, H, W, 3] (the inverse of image_to_engine for RGB)."""
-    return image.permute(1, 2, 0)[None].float().contiguous()
-
-
 def video_to_frames(video):
     """Engine frames uint8 [F, H, W, 3] -> IMAGE [F, H, W, 3] float32 in [0, 1]."""
     import torch
 
-    if not isinstance(video, torch.Tensor) or video.dim() != 4 or video.shape[-1] != 3:
-        raise InputError(f"expected decoded frames [F, H, W, 3], got "
-                         f"{tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__}")
-    if video.dtype == torch.uint8:
-        return video.float().div_(255.0)
-    return video.float().clamp(0.0, 1.0)
-
-
-def frames_to_video(frames):
-    """IMAGE [F, H, W, 3] in [0, 1] -> uint8 [F, H, W, 3] (round to nearest)."""
-    import torch
-
-    return frames.clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    if not isinstance(video, torch.Tensor) or video.dim() != 4 or video.shape[-1] != 3 \
+            or video.dtype != torch.uint8:
+        raise InputError(f"expected decoded uint8 frames [F, H, W, 3], got "
+                         f"{(tuple(video.shape), video.dtype) if isinstance(video, torch.Tensor) else type(video).__name__}")
+    return video.float().div_(255.0)
 
 
 def audio_from_comfy(audio):
