@@ -28,11 +28,15 @@ def _visible_gpus() -> int:
 
 
 def status_payload() -> dict:
+    from wan_core.config import TASKS
+
     from . import checkpoints
 
     out = REGISTRY.status()
     out["visible_gpus"] = _visible_gpus()
     out["checkpoints"] = checkpoints.list_checkpoints()
+    # What the web extension needs to offer valid layouts (Ulysses degrees divide the head count).
+    out["tasks"] = {t.value: {"num_heads": s.num_heads, "moe": s.moe} for t, s in TASKS.items()}
     return out
 
 

@@ -11,11 +11,11 @@ import { api } from "../../scripts/api.js";
 
 const LOADER = "Wan22MGModelLoader";
 const SAMPLER = "Wan22MGSampler";
-const HEADS = { "t2v-A14B": 40, "i2v-A14B": 40, "ti2v-5B": 24, "s2v-14B": 40 };
 const MULTI_GPU_ONLY = ["ulysses_size", "cfg_parallel", "dit_fsdp", "t5_fsdp"];
 const STATUS = "wan22mg_status";
 const POLL_MS = 3000;
 
+let lastStatus = null;   // GET /wan22mg/status
 const widget = (node, name) => node.widgets?.find((w) => w.name === name);
 
 export function validDegrees(heads, max = 8) {
@@ -40,7 +40,7 @@ function setHidden(node, name, hidden) {
 // gpus = ulysses_size x cfg degree; ulysses_size must divide the head count.
 function reconcile(node, changed) {
   const v = (n) => widget(node, n)?.value;
-  const heads = HEADS[v("task")] ?? 40;
+  const heads = lastStatus?.tasks?.[v("task")]?.num_heads ?? 40;   // served by the status route
   const cfg = v("cfg_parallel") ? 2 : 1;
   const degrees = validDegrees(heads);
   const gpus = widget(node, "gpus");
@@ -150,7 +150,6 @@ function setupLoader(node) {
   refreshStatusWidgets();
 }
 
-let lastStatus = null;
 function refreshStatusWidgets(extra) {
   for (const node of app.graph?.nodes ?? []) {
     if (node.comfyClass !== LOADER) continue;
