@@ -1,4 +1,4 @@
-"""`python -m wan_core generate|demo` (see wan_core/cli.py)."""
+"""`python -m wan_core generate|demo|doctor` (see wan_core/cli.py)."""
 import sys
 
 from .cli import main

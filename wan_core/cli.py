@@ -1,4 +1,4 @@
-"""`python -m wan_core generate|demo`: the official `generate.py` flags, plus the multi-GPU ones.
+"""`python -m wan_core generate|demo|doctor`: the official `generate.py` flags, plus the multi-GPU ones.
 
 `generate` validates everything (flags, sizes, frame count, sampling values, the image, the
 checkpoint folder's files) before loading a single weight. Every user error (`WanEngineError`) is
@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ckpt_dir", default=None,
                    help="where to write the tiny checkpoint (default: a cache folder)")
     d.add_argument("-v", "--verbose", action="store_true")
+
+    sub.add_parser("doctor", help="report what this machine offers (torch, GPUs, attention, NCCL, PyAV, /dev/shm)",
+                   description="Print Python/torch versions, CUDA and the GPUs, the attention backends "
+                               "that import and the one 'auto' picks, NCCL, PyAV and /dev/shm space. "
+                               "No network, no model; exit code 0.")
     return parser
 
 
@@ -386,6 +391,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "generate":
             return cmd_generate(args)
+        if args.command == "doctor":
+            from .doctor import run_doctor
+            return run_doctor()
         if args.command == "demo":
             from .demo import run_demo
             return run_demo(out=args.out, device=args.device, ckpt_dir=args.ckpt_dir)

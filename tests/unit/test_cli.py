@@ -155,3 +155,33 @@ def test_generate_then_demo_mp4(ckpt, tmp_path):
     assert video.codec == "h264"
     assert video.frames.shape == (DEMO_FRAMES, DEMO_SIZE[1], DEMO_SIZE[0], 3)
     assert video.frames.std() > 1.0        # not a blank video
+
+
+def test_doctor_reports_this_machine():
+    """`doctor` exits 0 and states what this process can see (CUDA hidden by run_cli), each fact
+    checked against the same query made here."""
+    import av
+    import torch
+    import torch.distributed as dist
+
+    from wan_core.models.attention import _load_flash
+
+    proc = run_cli("doctor", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = {line.strip().split(": ", 1)[0]: line.strip().split(": ", 1)[1]
+             for line in proc.stdout.splitlines() if ": " in line and not line.strip().startswith("warning")}
+    assert lines["torch"] == torch.__version__
+    assert lines["python"].startswith(".".join(map(str, sys.version_info[:3])))
+    assert lines["CUDA available"] == "no" and lines["CUDA_VISIBLE_DEVICES"] == "''"
+    for name in ("flash3", "flash2", "flash4"):
+        assert lines[f"attention {name}"].startswith("imports") == (_load_flash(name) is not None)
+    assert lines["attention auto"] == "picks sdpa on cpu"     # no CUDA: SDPA whatever is installed
+    assert lines["NCCL (GPU ranks)"].startswith("yes" if dist.is_nccl_available() else "no")
+    assert lines["gloo (CPU ranks)"] == ("yes" if dist.is_gloo_available() else "no")
+    assert lines["PyAV"] == av.__version__
+    # The total of /dev/shm is fixed; the free part moves with other processes, so only the total
+    # is compared exactly (as printed, 2 decimals of GiB).
+    total = shutil.disk_usage("/dev/shm").total / 1024 ** 3
+    assert lines["/dev/shm"].endswith(f"of {total:.2f} GiB")
+    assert proc.stdout.rstrip().endswith("warning(s)")
