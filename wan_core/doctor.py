@@ -94,7 +94,7 @@ def _attention() -> list[Line]:
     lines = []
     for name, module in _FLASH_MODULES.items():
         if _load_flash(name) is not None:
-            lines.append(Line(f"attention {name}", f"imports ({module}{_version_of(module)})"))
+            lines.append(Line(f"attention {name}", f"imports ({module}{_version_of(name)})"))
         elif importlib.util.find_spec(module.split(".")[0]) is None:
             lines.append(Line(f"attention {name}", f"not installed ({module})"))
         else:
@@ -108,17 +108,15 @@ def _attention() -> list[Line]:
     return lines
 
 
-def _version_of(module: str) -> str:
+def _version_of(backend: str) -> str:
+    """Installed version of the backend's wheel (names as on PyPI; metadata normalises - and _)."""
     from importlib import metadata
 
-    top = module.split(".")[0]
-    for dist in {"flash_attn": ("flash-attn", "flash_attn"),
-                 "flash_attn_interface": ("flash-attn-3", "flash_attn_3")}.get(top, (top,)):
-        try:
-            return f" {metadata.version(dist)}"
-        except metadata.PackageNotFoundError:
-            continue
-    return ""
+    dist = {"flash3": "flash-attn-3", "flash4": "flash-attn-4", "flash2": "flash-attn"}[backend]
+    try:
+        return f", {dist} {metadata.version(dist)}"
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def _distributed() -> list[Line]:
