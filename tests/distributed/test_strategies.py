@@ -177,10 +177,12 @@ def rel_err(actual, expected) -> float:
 
 
 def synthetic_cfg(heads: int = 4, layers: int = 2, model_type: str = "t2v"):
-    """A small random DiT with `heads` heads (the tiny checkpoints have 2): dim 256, head dim 64."""
+    """A small random DiT with `heads` heads (the tiny checkpoints have 2): head dim 64, so dim
+    64 * heads (256 for 4 heads)."""
     from wan_core.models.dit import DiTConfig
 
-    return DiTConfig(model_type=model_type, in_dim=16, out_dim=16, dim=256, ffn_dim=512, freq_dim=256,
+    dim = 64 * heads
+    return DiTConfig(model_type=model_type, in_dim=16, out_dim=16, dim=dim, ffn_dim=2 * dim, freq_dim=256,
                      num_heads=heads, num_layers=layers, text_len=32)
 
 
@@ -479,6 +481,16 @@ def test_ulysses_4_synthetic_4_heads_padding(pools):
     res = pools(4).run(case_ulysses, {"synthetic": 4}, (2, 6, 6), 2)
     for d in res:
         assert (d["n_tok"], d["seq_len"]) == (18, 20)
+        assert d["err"] < 1e-5, d
+
+
+def test_ulysses_5_synthetic_5_heads_padding(pools):
+    # Issue 6 asks for Ulysses 5 (A14B's 40 heads allow 1, 2, 4, 5, 8): 5 gloo ranks, a 5-head
+    # model; 2 x 6 x 8 latent -> 24 tokens, padded to 25.
+    res = pools(5).run(case_ulysses, {"synthetic": 5}, (2, 6, 8))
+    for d in res:
+        assert d["wrapped"] == "UlyssesAttention"
+        assert (d["n_tok"], d["seq_len"]) == (24, 25)
         assert d["err"] < 1e-5, d
 
 
