@@ -59,7 +59,8 @@ class LayerNorm(nn.LayerNorm):
 
 def sinusoidal_embedding_1d(dim: int, position: torch.Tensor) -> torch.Tensor:
     """Official `sinusoidal_embedding_1d`: float64, cos first. position [N] -> [N, dim] float64."""
-    assert dim % 2 == 0
+    if dim % 2:
+        raise ValueError(f"sinusoidal embedding width {dim} must be even")
     half = dim // 2
     position = position.to(torch.float64)
     sinusoid = torch.outer(position, torch.pow(10000, -torch.arange(half).to(position).div(half)))

@@ -21,7 +21,8 @@ THETA = 10000.0
 
 def rope_params(max_seq_len: int, dim: int, theta: float = THETA) -> torch.Tensor:
     """Official `rope_params`: [max_seq_len, dim/2] complex128, exp(i * p * theta^(-2j/dim))."""
-    assert dim % 2 == 0
+    if dim % 2:
+        raise ValueError(f"rotary table width {dim} must be even (pairs of channels)")
     freqs = torch.outer(
         torch.arange(max_seq_len),
         1.0 / torch.pow(theta, torch.arange(0, dim, 2).to(torch.float64).div(dim)))
