@@ -68,6 +68,20 @@ def _wait_gone(pids, timeout_s: float) -> list[int]:
     return _leftovers(pids)
 
 
+class KillAtDenoise:
+    """An `on_progress` callback that SIGKILLs `pid` at the first denoise event; `killed_at` is when
+    (time.monotonic), to time how fast the death is reported."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.killed_at: float | None = None
+
+    def __call__(self, event) -> None:
+        if event.phase == "denoise" and self.killed_at is None:
+            os.kill(self.pid, signal.SIGKILL)
+            self.killed_at = time.monotonic()
+
+
 def _worker_children() -> set[int]:
     out = set()
     for entry in os.listdir("/proc"):
@@ -229,17 +243,11 @@ def test_two_groups_at_once(group2, t2v_ckpt, reference):
 def test_sigkill_of_a_worker_mid_run(t2v_ckpt):
     client = EngineClient(_spec(t2v_ckpt, 2), start_timeout_s=120)
     pids = client.pids
-    killed_at = []
-
-    def on_progress(e):
-        if e.phase == "denoise" and not killed_at:
-            os.kill(pids[1], signal.SIGKILL)
-            killed_at.append(time.monotonic())
-
+    kill = KillAtDenoise(pids[1])
     try:
         with pytest.raises(WorkerFailure) as info:
-            client.generate(GenerateRequest(**{**REQUEST.__dict__, "steps": 20}), on_progress=on_progress)
-        elapsed = time.monotonic() - killed_at[0]
+            client.generate(GenerateRequest(**{**REQUEST.__dict__, "steps": 20}), on_progress=kill)
+        elapsed = time.monotonic() - kill.killed_at
         assert elapsed < 10, elapsed
         f = info.value
         assert f.rank == 1 and f.exc_type == "WorkerDied" and "SIGKILL" in f.message

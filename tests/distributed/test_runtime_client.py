@@ -60,6 +60,19 @@ def _failed(rank, rid, exc_type="RuntimeError", user=False):
 REQ = GenerateRequest(prompt="x")
 
 
+def _progress_then_stopped(step: int):
+    """Script: rank 0 reports one denoise step; a Cancel makes both ranks answer Stopped(`step`)."""
+
+    def script(rank, msg, g):
+        if isinstance(msg, P.Generate) and rank == 0:
+            g.post(0, P.ProgressEvent(msg.request_id, "denoise", 1, 4))
+        if isinstance(msg, P.Cancel):
+            for r in range(2):
+                g.post(r, P.Stopped(msg.request_id, r, step))
+
+    return script
+
+
 def test_one_rank_fails_and_the_other_is_stuck_kills_the_group(monkeypatch):
     monkeypatch.setattr(client_mod, "ERROR_GRACE_S", 0.3)
 
@@ -90,12 +103,7 @@ def test_progress_exception_cancels_then_reraises():
     class Interrupt(BaseException):
         pass
 
-    def script(rank, msg, g):
-        if isinstance(msg, P.Generate) and rank == 0:
-            g.post(0, P.ProgressEvent(msg.request_id, "denoise", 1, 4))
-        if isinstance(msg, P.Cancel):
-            for r in range(2):
-                g.post(r, P.Stopped(msg.request_id, r, 2))
+    script = _progress_then_stopped(2)
 
     def on_progress(e):
         raise Interrupt()
@@ -136,13 +144,6 @@ def test_death_while_running_raises_the_groups_failure():
 
 
 def test_should_cancel_raises_cancelled_with_the_step():
-    def script(rank, msg, g):
-        if isinstance(msg, P.Generate) and rank == 0:
-            g.post(0, P.ProgressEvent(msg.request_id, "denoise", 1, 4))
-        if isinstance(msg, P.Cancel):
-            for r in range(2):
-                g.post(r, P.Stopped(msg.request_id, r, 1))
-
     with pytest.raises(Cancelled) as info:
-        _client(ScriptedGroup(2, script)).generate(REQ, should_cancel=lambda: True)
+        _client(ScriptedGroup(2, _progress_then_stopped(1))).generate(REQ, should_cancel=lambda: True)
     assert info.value.step == 1

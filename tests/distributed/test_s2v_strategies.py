@@ -7,12 +7,7 @@ values exactly; only kernel blocking on the smaller per-rank shapes can change s
 """
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
 import sys
-import tempfile
-import traceback
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -22,66 +17,17 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-TIMEOUT_S = 300
+from test_strategies import RankPool  # noqa: E402  (the rank pool of the DiT strategy tests)
+
 TOL = 1e-5
-
-
-def _rank_main(rank, world, init_file, conn):
-    import torch.distributed as tdist
-
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                             timeout=timedelta(seconds=TIMEOUT_S))
-    while True:
-        msg = conn.recv()
-        if msg is None:
-            break
-        fn, args = msg
-        try:
-            conn.send((True, fn(*args)))
-        except BaseException:
-            conn.send((False, traceback.format_exc()))
-    conn.close()
-    os._exit(0)
 
 
 @pytest.fixture(scope="module")
 def pool2():
-    ctx = mp.get_context("spawn")
-    tmp = tempfile.mkdtemp(prefix="wan_s2v_pool_")
-    conns, procs = [], []
-    for r in range(2):
-        parent, child = ctx.Pipe()
-        p = ctx.Process(target=_rank_main, args=(r, 2, os.path.join(tmp, "init"), child), daemon=True)
-        p.start()
-        conns.append(parent)
-        procs.append(p)
-
-    def run(fn, *args):
-        for c in conns:
-            c.send((fn, args))
-        out, errors = [], []
-        for r, c in enumerate(conns):
-            if not c.poll(TIMEOUT_S):
-                raise TimeoutError(f"rank {r} did not answer in {TIMEOUT_S} s")
-            ok, value = c.recv()
-            out.append(value)
-            if not ok:
-                errors.append(f"--- rank {r} ---\n{value}")
-        if errors:
-            raise AssertionError("\n".join(errors))
-        return out
-
-    yield run
-    for c in conns:
-        try:
-            c.send(None)
-        except OSError:
-            pass
-    for p in procs:
-        p.join(timeout=5)
-        if p.is_alive():
-            p.kill()
+    """Two gloo ranks for the whole module (test_strategies.RankPool: forkserver, file rendezvous)."""
+    pool = RankPool(2)
+    yield pool.run
+    pool.close()
 
 
 def _forward_errors(ckpt: str, golden_file: str, strategy: str):
@@ -96,10 +42,9 @@ def _forward_errors(ckpt: str, golden_file: str, strategy: str):
     par = ParallelConfig(num_gpus=2, ulysses_size=2, dit_fsdp=(strategy == "fsdp"))   # fsdp: + Ulysses
     dist = DistContext.from_initialized(par, torch.device("cpu"))
     if strategy == "fsdp":
-        from wan_core.pipeline.s2v import build_s2v_meta
+        from wan_core.loading.checkpoint import dit_on_meta
 
-        model, source = build_s2v_meta(ckpt)
-        with source:
+        with dit_on_meta(ckpt, s2v=True) as (model, source, _):
             parallelize_dit(model, dist, par, source=source, dtype=torch.float32)
     else:
         from wan_core.loading.s2v import load_s2v_dit

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import rel_err
+from tests.gpu._cuda import tf32_off
 
 pytestmark = pytest.mark.gpu
 
@@ -58,9 +59,7 @@ def test_cuda_matches_cpu(per_token):
         expected = ref(x, t, ctx, seq_len)
 
     # fp32 on CUDA, TF32 off: same math as the CPU, only summation order differs.
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
+    with tf32_off():
         m32 = copy.deepcopy(ref).cuda()
         with torch.no_grad():
             out = m32(x.cuda(), t.cuda(), ctx.cuda(), seq_len)
@@ -68,8 +67,6 @@ def test_cuda_matches_cpu(per_token):
         err = rel_err(out.cpu(), expected)
         print(f"fp32 cuda (sdpa) rel_err {err:.2e}")
         assert err < 1e-5
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
     # bf16 parameters: big linears and attention in bf16 (official GPU policy), ~4e-3 expected.
     m16 = copy.deepcopy(ref).to("cuda", torch.bfloat16)

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from conftest import REPO, rel_err
+from tests.gpu._cuda import cuda_fp32_exact  # noqa: F401  (autouse: skip without CUDA, TF32 off)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(600)]
 
@@ -39,17 +40,6 @@ RUNS = {
     "ti2v_image": ("ti2v-5B", "pipe_ti2v", "i2v_", 1, "i2v_video",
                    dict(size=(64, 64), frame_num=5, steps=3, shift=5.0), "ti2v_input.png"),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cuda_fp32_exact():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False     # the VAE's convolutions would otherwise use TF32
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @pytest.fixture(scope="module")

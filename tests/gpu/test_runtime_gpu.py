@@ -7,8 +7,6 @@ CUDA_VISIBLE_DEVICES, CUDA memory in status(), GPU memory given back after a fai
 """
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,8 +16,8 @@ import pytest
 import torch
 
 from conftest import REPO, rel_err
-from tests.distributed.test_runtime import (DRIVER, REQUEST, TASK, _kill_all, _leftovers,
-                                            _wait_gone)
+from tests.distributed.test_runtime import (DRIVER, REQUEST, TASK, KillAtDenoise, _kill_all,
+                                            _leftovers, _wait_gone)
 from wan_core import EngineSpec, GenerateRequest, ParallelConfig, ParamDtype, Task
 from wan_core.client import EngineClient
 from wan_core.errors import Cancelled, WorkerFailure
@@ -87,16 +85,10 @@ def test_gpu_group(ckpt):
         assert rel_err(client.generate(REQUEST).latent, result.latent) <= 1e-6
 
         pids = client.pids
-        killed = []
-
-        def kill(e):
-            if e.phase == "denoise" and not killed:
-                os.kill(pids[1], signal.SIGKILL)
-                killed.append(time.monotonic())
-
+        kill = KillAtDenoise(pids[1])
         with pytest.raises(WorkerFailure) as info:
             client.generate(GenerateRequest(**{**REQUEST.__dict__, "steps": 200}), on_progress=kill)
-        took = time.monotonic() - killed[0]
+        took = time.monotonic() - kill.killed_at
         print(f"SIGKILL of rank 1 reported after {took:.2f} s: {info.value}")
         assert info.value.rank == 1 and took < 10
         assert _leftovers(pids) == [] and not (_gpu_processes() & set(pids))

@@ -34,19 +34,9 @@ import pytest
 import torch
 
 from conftest import rel_err
+from tests.gpu._cuda import cuda_fp32_exact  # noqa: F401  (autouse: skip without CUDA, TF32 off)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.timeout(900)]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def cuda_fp32_exact():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU")
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def _call(model, g, t, drop):

@@ -8,11 +8,10 @@ masked cross-attention, sin/cos swapped: all >1e-2).
 """
 from __future__ import annotations
 
-import threading
-
 import pytest
 import torch
 
+from _threads import ThreadGroup, ThreadSharding, run_ranks
 from conftest import rel_err
 
 TOL = 1e-5
@@ -177,37 +176,10 @@ def test_token_sharding_hooks_degree_one(golden, model_of, per_token):
     assert sh.calls[1][1] == (seq_len, model.cfg.head_dim // 2)
 
 
-class _ThreadGroup:
-    """In-process stand-in for a 2-rank group: ranks are threads exchanging tensors at a barrier."""
-
-    def __init__(self, world: int):
-        self.world = world
-        self.barrier = threading.Barrier(world)
-        self.slots = [None] * world
-
-    def exchange(self, rank: int, value):
-        self.slots[rank] = value
-        self.barrier.wait()
-        out = list(self.slots)
-        self.barrier.wait()
-        return out
-
-
-class _ThreadSharding:
-    def __init__(self, group: _ThreadGroup, rank: int):
-        self.group, self.rank, self.degree = group, rank, group.world
-
-    def split(self, t, dim):
-        return torch.chunk(t, self.degree, dim=dim)[self.rank]
-
-    def gather(self, t, dim):
-        return torch.cat(self.group.exchange(self.rank, t), dim=dim)
-
-
 class _ThreadUlysses(torch.nn.Module):
     """Ulysses-style wrapper: all-to-all heads <-> tokens around the inner LocalAttention."""
 
-    def __init__(self, inner, group: _ThreadGroup, rank: int):
+    def __init__(self, inner, group: ThreadGroup, rank: int):
         super().__init__()
         self.inner, self.group, self.rank = inner, group, rank
 
@@ -238,27 +210,15 @@ def test_injection_points_two_simulated_ranks(golden, tiny_dir, per_token):
     if per_token:
         t = torch.cat([t, t[:, -1:]], dim=1)   # padding tokens get the step's t, as in the pipeline
     expected = g["model_tokenwise_out"] if per_token else g["model_t999_cond"]
-    group = _ThreadGroup(2)
-    outs, errors = [None, None], []
+    def run(rank, group):
+        model = load_dit(tiny_dir / "ckpt" / "ti2v-5B", dtype=torch.float32)
+        model.token_sharding = ThreadSharding(group, rank)
+        for block in model.blocks:
+            block.self_attn.attn = _ThreadUlysses(block.self_attn.attn, group, rank)
+        with torch.no_grad():
+            return model(x, t, g["context"][None], seq_len)
 
-    def run(rank):
-        try:
-            model = load_dit(tiny_dir / "ckpt" / "ti2v-5B", dtype=torch.float32)
-            model.token_sharding = _ThreadSharding(group, rank)
-            for block in model.blocks:
-                block.self_attn.attn = _ThreadUlysses(block.self_attn.attn, group, rank)
-            with torch.no_grad():
-                outs[rank] = model(x, t, g["context"][None], seq_len)
-        except BaseException as exc:  # surface in the main thread
-            errors.append(exc)
-            group.barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=120)
-    assert not errors, errors
+    outs = run_ranks(2, run, timeout_s=120)
     for rank in range(2):
         err = rel_err(outs[rank][0], expected)
         assert err < TOL, f"rank {rank}: rel_err {err:.2e}"

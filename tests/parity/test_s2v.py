@@ -12,11 +12,11 @@ Tolerances (rel_err = max|ours - golden| / max|golden|):
 """
 from __future__ import annotations
 
-import threading
 
 import pytest
 import torch
 
+from _threads import ThreadSharding, run_ranks
 from conftest import rel_err
 
 TOL_DIT = 1e-5
@@ -88,31 +88,6 @@ def test_bf16_close(tiny_dir, golden):
 # Token sharding: ranks as threads
 
 
-class _Group:
-    def __init__(self, world):
-        self.world = world
-        self.barrier = threading.Barrier(world)
-        self.slots = [None] * world
-
-    def exchange(self, rank, value):
-        self.slots[rank] = value
-        self.barrier.wait()
-        out = list(self.slots)
-        self.barrier.wait()
-        return out
-
-
-class _Sharding:
-    def __init__(self, group, rank):
-        self.group, self.rank, self.degree = group, rank, group.world
-
-    def split(self, t, dim):
-        return torch.chunk(t, self.degree, dim=dim)[self.rank]
-
-    def gather(self, t, dim):
-        return torch.cat(self.group.exchange(self.rank, t), dim=dim)
-
-
 class _GatherKV(torch.nn.Module):
     """Sequence-parallel attention for any degree: local queries attend to the gathered keys/values."""
 
@@ -133,26 +108,15 @@ def test_token_sharding_threads(tiny_dir, golden, world, drop):
     from wan_core.loading.s2v import load_s2v_dit
 
     g = golden("s2v")
-    group = _Group(world)
-    outs, errors = [None] * world, []
 
-    def run(rank):
-        try:
-            model = load_s2v_dit(tiny_dir / "ckpt" / "s2v-14B", dtype=torch.float32)
-            model.token_sharding = _Sharding(group, rank)
-            for block in model.blocks:
-                block.self_attn.attn = _GatherKV(block.self_attn.attn, group, rank)
-            outs[rank] = _call(model, g, 999, drop)
-        except BaseException as exc:
-            errors.append(exc)
-            group.barrier.abort()
+    def run(rank, group):
+        model = load_s2v_dit(tiny_dir / "ckpt" / "s2v-14B", dtype=torch.float32)
+        model.token_sharding = ThreadSharding(group, rank)
+        for block in model.blocks:
+            block.self_attn.attn = _GatherKV(block.self_attn.attn, group, rank)
+        return _call(model, g, 999, drop)
 
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(world)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=300)
-    assert not errors, errors
+    outs = run_ranks(world, run)
     for rank in range(world):
         err = rel_err(outs[rank][0], g[f"out_t999_drop{drop}"])
         assert err < TOL_DIT, (rank, err)

@@ -5,6 +5,8 @@
   FSDP rank-local loading reads only its rows with `get_slice`.
 - `materialize(module, source, dtype, device)`: fills a module built on the meta device, tensor by
   tensor, in the target dtype on the target device; checks names and shapes first.
+- `dit_on_meta(folder, s2v=...)`: config.json -> variant -> the DiT built on meta + its open
+  `TensorSource`, the start of every DiT load (here, `loading/s2v.py`, FSDP rank-local loading).
 - `load_dit(folder, dtype, device)`: `WanModel` from an official DiT folder.
 - `load_pth(path)`: `torch.load(weights_only=True)` with errors that name the file.
 
@@ -16,14 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Mapping, Optional, Union
+from typing import Iterable, Iterator, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
-from .detect import DIT_LAYOUT, INDEX_NAME, SINGLE_NAME, detect_variant, read_config
+from .detect import DIT_LAYOUT, INDEX_NAME, SINGLE_NAME, DiTVariant, detect_variant, read_config
 
 log = logging.getLogger("wan_core.loading")
 
@@ -279,28 +282,48 @@ def materialize(module: nn.Module, source: TensorSource, dtype: Optional[torch.d
     return module
 
 
-def load_dit(folder: PathLike, dtype: torch.dtype = torch.bfloat16,
-             device: Union[str, torch.device] = "cpu", kernel=None):
-    """`WanModel` (t2v/i2v/ti2v) from an official DiT folder, parameters in `dtype` on `device`."""
-    from ..models.dit import DiTConfig, WanModel
+@contextmanager
+def dit_on_meta(folder: PathLike, *, s2v: bool = False,
+                kernel=None) -> Iterator[tuple[nn.Module, TensorSource, DiTVariant]]:
+    """Yield (model on the meta device, open `TensorSource`, variant) for the DiT in `folder`.
 
+    The one way every DiT loader starts: config.json -> variant (refusing the wrong class: S2V for
+    `s2v=False`, WanModel for `s2v=True`) -> `DiTConfig`/`S2VConfig` -> the model built on meta.
+    The caller fills it (`materialize`, or FSDP rank-local loading) inside the `with`; the source
+    is closed when the block ends.
+    """
     folder = Path(folder)
     cfg_dict = read_config(folder)
-    t0 = time.perf_counter()
     with TensorSource.from_folder(folder) as source:
         variant = detect_variant(folder, source.keys(), cfg_dict)
-        if variant.is_s2v:
+        if variant.is_s2v and not s2v:
             raise CheckpointError(f"{folder} holds an S2V model (WanModel_S2V); load it with the S2V "
-                                  "loader, not load_dit")
+                                  "loader (task s2v-14B), not load_dit")
+        if s2v and not variant.is_s2v:
+            raise CheckpointError(f"{folder} holds a {variant.model_type} WanModel, not an S2V model "
+                                  "(WanModel_S2V); use it with its own task")
+        if s2v:
+            from ..models.s2v import S2VConfig as config_cls, WanModelS2V as model_cls
+        else:
+            from ..models.dit import DiTConfig as config_cls, WanModel as model_cls
         try:
-            cfg = DiTConfig.from_dict(cfg_dict)
+            cfg = config_cls.from_dict(cfg_dict)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{folder / 'config.json'}: {exc}") from None
         with torch.device("meta"):
-            model = WanModel(cfg, kernel=kernel)
-        materialize(model, source, dtype, device, what=f"{variant.model_type} WanModel")
+            model = model_cls(cfg, kernel=kernel)
+        yield model, source, variant
+
+
+def load_dit(folder: PathLike, dtype: torch.dtype = torch.bfloat16,
+             device: Union[str, torch.device] = "cpu", kernel=None, *, s2v: bool = False):
+    """`WanModel` (t2v/i2v/ti2v; `WanModelS2V` with `s2v=True`, see `loading.s2v.load_s2v_dit`)
+    from an official DiT folder, parameters in `dtype` on `device`."""
+    t0 = time.perf_counter()
+    with dit_on_meta(folder, s2v=s2v, kernel=kernel) as (model, source, variant):
+        materialize(model, source, dtype, device, what=f"{variant.model_type} {variant.class_name}")
     model.eval()
-    log.info("loaded %s DiT from %s in %.1f s (%s, %s)", cfg.model_type, folder,
+    log.info("loaded %s DiT from %s in %.1f s (%s, %s)", variant.model_type, folder,
              time.perf_counter() - t0, dtype, device)
     return model
 
@@ -331,4 +354,4 @@ def load_pth(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> 
     return obj
 
 
-__all__ = ["TensorSource", "materialize", "check_keys", "load_dit", "load_pth"]
+__all__ = ["TensorSource", "materialize", "check_keys", "dit_on_meta", "load_dit", "load_pth"]

@@ -63,17 +63,24 @@ def read_config(folder: Union[str, Path]) -> dict:
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist (or is not a folder); "
                               f"{DIT_LAYOUT}")
-    path = folder / CONFIG_NAME
+    return read_json(folder / CONFIG_NAME, DIT_LAYOUT)
+
+
+def read_json(path: Union[str, Path], layout: str) -> dict:
+    """A JSON object file of a checkpoint (config.json, preprocessor_config.json) as a dict;
+    CheckpointError naming the file when it is absent (with `layout`, the expected layout), not
+    JSON or not an object."""
+    path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing; {DIT_LAYOUT}")
+        raise CheckpointError(f"{path} is missing; {layout}")
     try:
         with open(path, encoding="utf-8") as fh:
-            cfg = json.load(fh)
+            obj = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc}); re-download it") from None
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path} must hold a JSON object, found {type(cfg).__name__}")
-    return cfg
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); download it again") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} must hold a JSON object, found {type(obj).__name__}")
+    return obj
 
 
 def _has_prefix(keys: Iterable[str], prefixes: tuple[str, ...]) -> bool:

@@ -10,9 +10,7 @@ This module never imports torch.distributed.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass, fields
 from typing import Optional, Protocol, Sequence, Union
 
@@ -62,11 +60,6 @@ class DiTConfig:
         cfg = cls(**kwargs)
         cfg.validate()
         return cfg
-
-    @classmethod
-    def from_json(cls, path: Union[str, os.PathLike]) -> "DiTConfig":
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
 
     def validate(self) -> None:
         if self.model_type not in MODEL_TYPES:

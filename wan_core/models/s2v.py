@@ -25,10 +25,8 @@ injection gathers the video tokens first), `model.blocks`, `set_attention_kernel
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -81,11 +79,6 @@ class S2VConfig:
         cfg = cls(base=base, **kw)
         cfg.validate()
         return cfg
-
-    @classmethod
-    def from_json(cls, path: Union[str, os.PathLike]) -> "S2VConfig":
-        with open(path, encoding="utf-8") as fh:
-            return cls.from_dict(json.load(fh))
 
     def validate(self) -> None:
         b = self.base

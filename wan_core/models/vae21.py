@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from wan_core.models.vae_common import (
-    CausalCache, CausalConv3d, CausalVideoVAE, Resample, ResidualBlock, VAEConfig, cached_conv,
-    make_head, make_middle, run_head, run_middle,
+    CausalCache, CausalConv3d, CausalEncoder, CausalVideoVAE, Resample, ResidualBlock, VAEConfig,
+    cached_conv, make_head, make_middle, run_head, run_middle,
 )
 
 WAN21_LATENT_MEAN = (
@@ -31,7 +31,7 @@ WAN21_CONFIG = VAEConfig(dim=96, z_dim=16, dec_dim=96)
 """The official `Wan2.1_VAE.pth` (`_video_vae(dim=96, z_dim=16, ...)`)."""
 
 
-class Encoder21(nn.Module):
+class Encoder21(CausalEncoder):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         dims = [cfg.dim * u for u in (1, *cfg.dim_mult)]
@@ -47,13 +47,6 @@ class Encoder21(nn.Module):
         self.downsamples = nn.Sequential(*layers)
         self.middle = make_middle(dims[-1])
         self.head = make_head(dims[-1], cfg.z_dim * 2)
-
-    def forward(self, x: torch.Tensor, cache: Optional[CausalCache]) -> torch.Tensor:
-        x = cached_conv(self.conv1, x, cache)
-        for layer in self.downsamples:
-            x = layer(x, cache)
-        x = run_middle(self.middle, x, cache)
-        return run_head(self.head, x, cache)
 
 
 class Decoder21(nn.Module):

@@ -16,8 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from wan_core.models.vae_common import (
-    CausalCache, CausalConv3d, CausalVideoVAE, Resample, ResidualBlock, VAEConfig, cached_conv,
-    make_head, make_middle, run_head, run_middle,
+    CausalCache, CausalConv3d, CausalEncoder, CausalVideoVAE, Resample, ResidualBlock, VAEConfig,
+    cached_conv, make_head, make_middle, run_head, run_middle,
 )
 
 WAN22_LATENT_MEAN = (
@@ -159,7 +159,7 @@ class Up_ResidualBlock(nn.Module):  # noqa: N801 (official name)
         return h.add_(self.avg_shortcut(x, first_chunk))
 
 
-class Encoder22(nn.Module):
+class Encoder22(CausalEncoder):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         dims = [cfg.dim * u for u in (1, *cfg.dim_mult)]
@@ -172,13 +172,6 @@ class Encoder22(nn.Module):
             for i, (in_dim, out_dim) in enumerate(zip(dims[:-1], dims[1:]))])
         self.middle = make_middle(dims[-1])
         self.head = make_head(dims[-1], cfg.z_dim * 2)
-
-    def forward(self, x: torch.Tensor, cache: Optional[CausalCache]) -> torch.Tensor:
-        x = cached_conv(self.conv1, x, cache)
-        for layer in self.downsamples:
-            x = layer(x, cache)
-        x = run_middle(self.middle, x, cache)
-        return run_head(self.head, x, cache)
 
 
 class Decoder22(nn.Module):

@@ -270,6 +270,24 @@ def run_head(head: nn.Sequential, x: torch.Tensor, cache: Optional[CausalCache])
     return cached_conv(head[2], F.silu(head[0](x), inplace=True), cache)
 
 
+class CausalEncoder(nn.Module):
+    """The encoder pass of both VAEs: conv1 -> downsamples -> middle -> head, every causal conv
+    through the chunk cache. Subclasses (`Encoder21`, `Encoder22`) build those four modules; only
+    their downsample levels differ (plain ResidualBlocks vs `Down_ResidualBlock` with shortcut)."""
+
+    conv1: CausalConv3d
+    downsamples: nn.Sequential
+    middle: nn.Sequential
+    head: nn.Sequential
+
+    def forward(self, x: torch.Tensor, cache: Optional[CausalCache]) -> torch.Tensor:
+        x = cached_conv(self.conv1, x, cache)
+        for layer in self.downsamples:
+            x = layer(x, cache)
+        x = run_middle(self.middle, x, cache)
+        return run_head(self.head, x, cache)
+
+
 def latent_stats(mean: tuple[float, ...], std: tuple[float, ...], like: torch.Tensor):
     """(mean, 1/std) as [1, C, 1, 1, 1] fp32 tensors on `like`'s device. The official wrapper keeps
     `scale = [mean, 1.0 / std]` and normalises `(mu - mean) * (1/std)`, unnormalises `z / (1/std) + mean`."""

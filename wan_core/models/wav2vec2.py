@@ -25,7 +25,6 @@ The input normalisation is the processor's (`Wav2Vec2FeatureExtractor.zero_mean_
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -87,22 +86,14 @@ class Wav2Vec2Config:
 
     @classmethod
     def from_folder(cls, folder: Union[str, Path]) -> "Wav2Vec2Config":
+        from ..loading.detect import read_json
+
         folder = Path(folder)
         path = folder / "config.json"
-        if not path.is_file():
-            raise CheckpointError(f"{path} is missing; {LAYOUT}")
-        try:
-            with open(path, encoding="utf-8") as fh:
-                d = json.load(fh)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path} is not valid JSON ({exc}); download it again") from None
+        d = read_json(path, LAYOUT)
         pre = folder / "preprocessor_config.json"
         if pre.is_file():
-            try:
-                with open(pre, encoding="utf-8") as fh:
-                    p = json.load(fh)
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise CheckpointError(f"{pre} is not valid JSON ({exc}); download it again") from None
+            p = read_json(pre, LAYOUT)
             d = {**d, "do_normalize": p.get("do_normalize", True),
                  "sampling_rate": p.get("sampling_rate", 16000)}
         return cls.from_dict(d, str(path))

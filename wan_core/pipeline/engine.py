@@ -163,39 +163,16 @@ class WanEngine:
 
     def _load_dit(self, folder: Path, dtype: torch.dtype, offload: OffloadMode, kernel):
         """One DiT, loaded and parallelised the way `spec.parallel` asks (pipeline/parallelize.py)."""
-        from ..loading.checkpoint import TensorSource, load_dit
-        from ..loading.detect import detect_variant, read_config
-        from ..models.dit import DiTConfig, WanModel
+        from ..loading.checkpoint import dit_on_meta, load_dit
         from .parallelize import parallelize_dit
 
         par = self.spec.parallel
-        if self.is_s2v and par.dit_fsdp:
-            from .s2v import build_s2v_meta
-
-            model, source = build_s2v_meta(folder, kernel)
-            with source:
-                parallelize_dit(model, self.dist, par, source=source, dtype=dtype)
-            return model.eval()
-        if self.is_s2v:
-            from ..loading.s2v import load_s2v_dit
-
-            where = torch.device("cpu") if offload != OffloadMode.NONE else self.device
-            return parallelize_dit(load_s2v_dit(folder, dtype=dtype, device=where, kernel=kernel),
-                                   self.dist, par)
         if par.dit_fsdp:   # rank-local: each rank reads only its rows of each tensor
-            cfg_dict = read_config(folder)
-            with TensorSource.from_folder(folder) as source:
-                detect_variant(folder, source.keys(), cfg_dict)
-                try:
-                    cfg = DiTConfig.from_dict(cfg_dict)
-                except (TypeError, ValueError) as exc:
-                    raise CheckpointError(f"{folder / 'config.json'}: {exc}") from None
-                with torch.device("meta"):
-                    model = WanModel(cfg, kernel=kernel)
+            with dit_on_meta(folder, s2v=self.is_s2v, kernel=kernel) as (model, source, _):
                 parallelize_dit(model, self.dist, par, source=source, dtype=dtype)
             return model.eval()
         where = torch.device("cpu") if offload != OffloadMode.NONE else self.device
-        model = load_dit(folder, dtype=dtype, device=where, kernel=kernel)
+        model = load_dit(folder, dtype=dtype, device=where, kernel=kernel, s2v=self.is_s2v)
         return parallelize_dit(model, self.dist, par)
 
     # -- running ------------------------------------------------------------------------------

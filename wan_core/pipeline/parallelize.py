@@ -5,8 +5,9 @@ sharding) -> FSDP2 (shard per block, then the root) -> offload (blocks mode). Th
 none of this; `wan_core.distributed` knows no model class.
 
 How the engine loads each way (see docs/architecture.md, "Parallelize"):
-- dit_fsdp: build the DiT under `torch.device("meta")`, then `parallelize_dit(model, dist, parallel,
-  source=TensorSource.from_folder(...), dtype=...)`: each rank reads only its rows.
+- dit_fsdp: `with loading.checkpoint.dit_on_meta(folder) as (model, source, _)` (the DiT on the meta
+  device and its open `TensorSource`), then `parallelize_dit(model, dist, parallel, source=source,
+  dtype=...)` inside the block: each rank reads only its rows.
 - offload (experts or blocks): `load_dit(..., device="cpu")`, then `parallelize_dit`; for experts,
   `expert_provider` returns the `ExpertOffloader` that the denoise loop asks for each step's expert.
 - otherwise: `load_dit(..., device=dist.device)`, then `parallelize_dit` (Ulysses only, or nothing).

@@ -656,26 +656,6 @@ def check_s2v_checkpoint(ckpt_dir) -> None:
         raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin; {LAYOUT}")
 
 
-def build_s2v_meta(folder, kernel=None):
-    """(WanModelS2V on the meta device, TensorSource) for rank-local FSDP loading."""
-    from ..errors import CheckpointError
-    from ..loading.checkpoint import TensorSource
-    from ..loading.detect import detect_variant, read_config
-    from ..models.s2v import S2VConfig, WanModelS2V
-
-    cfg_dict = read_config(folder)
-    source = TensorSource.from_folder(folder)
-    detect_variant(folder, source.keys(), cfg_dict)
-    try:
-        cfg = S2VConfig.from_dict(cfg_dict)
-    except (TypeError, ValueError) as exc:
-        source.close()
-        raise CheckpointError(f"{Path(folder) / 'config.json'}: {exc}") from None
-    with torch.device("meta"):
-        model = WanModelS2V(cfg, kernel=kernel)
-    return model, source
-
-
 def plan_for_engine(engine, request: GenerateRequest) -> S2VPlan:
     """`WanEngine.plan` for s2v-14B (random seeds agreed across ranks)."""
     plan = resolve_s2v_request(request, engine.task_spec)
@@ -709,4 +689,4 @@ def generate_for_engine(engine, request: GenerateRequest, hooks: RunHooks, trace
 
 __all__ = ["S2VOptions", "S2VPlan", "S2VOutput", "AudioInput", "resolve_s2v_request", "run_s2v",
            "get_size_less_than_area", "prepare_ref_image", "as_audio_input", "MOTION_FRAMES",
-           "check_s2v_checkpoint", "build_s2v_meta", "plan_for_engine", "generate_for_engine"]
+           "check_s2v_checkpoint", "plan_for_engine", "generate_for_engine"]
