@@ -98,7 +98,9 @@ class EngineRegistry:
 
     # ------------------------------------------------------------------ run
     def generate(self, spec: EngineSpec, request: GenerateRequest, on_progress=None,
-                 should_cancel=None) -> GenerateResult:
+                 should_cancel=None, preview: bool = False) -> GenerateResult:
+        """Run `request` on the group of `spec` (started if needed); `preview`: ask rank 0 for a
+        latent preview per denoise step (`EngineClient.generate`)."""
         while True:
             group = self.ensure(spec, on_progress, should_cancel)
             with group.busy:
@@ -108,7 +110,7 @@ class EngineRegistry:
                     group.phase = "generating"
                     group.requests += 1
                     return group.client.generate(request, on_progress=on_progress,
-                                                 should_cancel=should_cancel)
+                                                 should_cancel=should_cancel, preview=preview)
                 except WorkerFailure:
                     if not _alive(group.client):
                         # The client killed a group left inconsistent (a rank died or got

@@ -5,7 +5,7 @@ from wan_core.config import TASKS, GenerateRequest, Solver, Task
 from wan_core.errors import Cancelled, InputError
 
 from .convert import audio_to_comfy, image_to_engine, video_to_frames
-from .progress import NodeProgress
+from .progress import NodeProgress, previews_enabled
 from .registry import REGISTRY
 from .types import AUDIO, ENGINE, EXPERTS, LATENT, TEXT, WanLatent
 
@@ -85,9 +85,10 @@ class Wan22MGSampler:
                experts=None, image=None, audio=None, unique_id=None):
         request = build_request(engine.task, text, width, height, length, steps, shift, sampler,
                                 seed, experts, image, audio)
-        relay = NodeProgress(unique_id)
+        relay = NodeProgress(unique_id, want_preview=previews_enabled())
         try:
-            result = REGISTRY.generate(engine.spec, request, relay.on_progress, relay.should_cancel)
+            result = REGISTRY.generate(engine.spec, request, relay.on_progress, relay.should_cancel,
+                                       preview=relay.want_preview)
         except Cancelled:
             relay.raise_if_interrupted()   # -> execution_interrupted
             raise

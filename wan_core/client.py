@@ -92,11 +92,12 @@ class EngineClient:
         return self._group.pids
 
     def generate(self, request: GenerateRequest, on_progress: Optional[Callable[[P.ProgressEvent], None]] = None,
-                 should_cancel: Optional[Callable[[], bool]] = None) -> GenerateResult:
+                 should_cancel: Optional[Callable[[], bool]] = None, *, preview: bool = False) -> GenerateResult:
         """Run one request on the group; blocks until it is done.
 
         `on_progress(event)` is called in this thread as rank 0 reports (fields of
-        `pipeline.progress.Progress`: phase, step, total, elapsed_s, message); if it raises (e.g.
+        `pipeline.progress.Progress`: phase, step, total, elapsed_s, message, and with
+        `preview=True` a uint8 [H, W, 3] latent preview on each denoise step); if it raises (e.g.
         ComfyUI's interrupt exception), the run is cancelled and that exception is re-raised once
         every rank stopped. `should_cancel()` is polled about every 100 ms; when true, every rank
         stops at the same step boundary and `Cancelled(step)` is raised. A request the layout
@@ -114,7 +115,7 @@ class EngineClient:
             self._active = rid
             try:
                 for rank in range(self._group.world_size):
-                    self._group.send(rank, P.Generate(rid, request))
+                    self._group.send(rank, P.Generate(rid, request, preview=preview))
                 return self._await(rid, on_progress, should_cancel)
             finally:
                 self._active = None

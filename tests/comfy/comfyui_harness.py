@@ -179,6 +179,7 @@ class Run:
     events: list = field(default_factory=list)       # [(type, data)] for this prompt, in order
     rejected: Optional[dict] = None                   # HTTP 400 body, or node_errors of an HTTP 200
     seconds: float = 0.0
+    binary: list = field(default_factory=list)        # binary websocket messages (preview images)
 
     def types(self) -> list[str]:
         return [t for t, _ in self.events]
@@ -221,9 +222,11 @@ class Client:
             return e.code, (json.loads(body) if body[:1] in (b"{", b"[") else body)
 
     def run(self, prompt: dict, timeout: float = 300,
-            on_event: Optional[Callable[[str, dict, "Client", str], None]] = None) -> Run:
+            on_event: Optional[Callable[[str, dict, "Client", str], None]] = None,
+            extra_data: Optional[dict] = None) -> Run:
         """Queue `prompt` and follow it to its end (the final `executing` with node None).
-        `on_event(type, data, client, prompt_id)` sees every event of this prompt as it arrives."""
+        `on_event(type, data, client, prompt_id)` sees every event of this prompt as it arrives.
+        `extra_data`: the prompt's extra_data (e.g. {"preview_method": "latent2rgb"})."""
         import websocket
 
         client_id = uuid.uuid4().hex
@@ -231,7 +234,10 @@ class Client:
                                          timeout=timeout)
         t0 = time.perf_counter()
         try:
-            status, body = self.post("/prompt", {"prompt": prompt, "client_id": client_id})
+            payload = {"prompt": prompt, "client_id": client_id}
+            if extra_data is not None:
+                payload["extra_data"] = extra_data
+            status, body = self.post("/prompt", payload)
             if status != 200:
                 return Run(None, rejected=body, seconds=time.perf_counter() - t0)
             run = Run(body["prompt_id"])
@@ -245,7 +251,8 @@ class Client:
                 except websocket.WebSocketTimeoutException:
                     raise TimeoutError(f"prompt {run.prompt_id} did not finish in {timeout} s; events: "
                                        f"{run.types()}") from None
-                if isinstance(msg, bytes):
+                if isinstance(msg, bytes):       # only this client's: the socket is per run
+                    run.binary.append(msg)
                     continue
                 m = json.loads(msg)
                 typ, data = m.get("type"), m.get("data") or {}

@@ -176,7 +176,7 @@ class FakeClient:
         self.gate = threading.Event()
         self.gate.set()
 
-    def generate(self, request, on_progress=None, should_cancel=None):
+    def generate(self, request, on_progress=None, should_cancel=None, preview=False):
         self.calls += 1
         self.gate.wait(5)
         if request.prompt == "crash":

@@ -222,7 +222,8 @@ def test_new_seed_reuses_the_warm_group(comfy, exported):
     first = run_ok(comfy, tiny(exported.api["wan22_t2v-A14B_1gpu"], "reuse", seed=1234))
     before = status(comfy)
     prompt = tiny(exported.api["wan22_t2v-A14B_1gpu"], "reuse", seed=1235)
-    run = run_ok(comfy, prompt)
+    # Previews on for this prompt only (ComfyUI's per-prompt override of --preview-method).
+    run = run_ok(comfy, prompt, extra_data={"preview_method": "latent2rgb"})
     after = status(comfy)
     loader = by_class(prompt, "Wan22MGModelLoader")
     assert loader in run.first("execution_cached")["nodes"]      # ComfyUI kept the loader's handle
@@ -236,6 +237,18 @@ def test_new_seed_reuses_the_warm_group(comfy, exported):
                                                         for t, d in run.events if t == "progress")
     phases = [d["phase"] for t, d in run.events if t == "wan22mg.progress"]
     assert {"encode", "denoise", "decode"} <= set(phases), phases
+    # Issue 5: one latent preview per step as ComfyUI's binary preview message (event 1 =
+    # PREVIEW_IMAGE, then format 1 = JPEG; event 3 is the progress text); none with the server's
+    # default --preview-method none.
+    def previews(r):
+        return [m[4:] for m in r.binary if m[:4] == (1).to_bytes(4, "big")]
+
+    assert previews(first) == [] and any(m[:4] == (3).to_bytes(4, "big") for m in first.binary)
+    jpegs = previews(run)
+    assert len(jpegs) == TINY["steps"] and all(m[:4] == (1).to_bytes(4, "big") for m in jpegs)
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(jpegs[-1][4:])).format == "JPEG"
 
 
 def test_interrupt_mid_sampling_then_next_prompt_works(comfy, exported):

@@ -160,6 +160,18 @@ def test_two_ranks_match_one_rank_in_process(group2, reference):
 
 
 @pytest.mark.timeout(180)
+def test_latent_previews_come_from_rank_0(group2, reference):
+    """Issue 5: with preview=True each denoise step's event carries rank 0's latent preview (a
+    uint8 [h, w, 3] tensor, pickled inline), and the result is the one without previews."""
+    events = []
+    result = group2.generate(REQUEST, on_progress=events.append, preview=True)
+    previews = [(e.step, e.preview) for e in events if e.preview is not None]
+    assert [step for step, _ in previews] == [1, 2, 3]
+    assert all(p.dtype == torch.uint8 and p.shape == (6, 8, 3) for _, p in previews)
+    _assert_matches(result, group2.generate(REQUEST), exact=True)
+
+
+@pytest.mark.timeout(180)
 def test_cancel_mid_run_then_next_request_succeeds(group2, reference):
     steps = 20   # far more than the cancel needs: the stop must land inside the loop
     flag = threading.Event()

@@ -7,7 +7,8 @@ Per step (official `generate()` of WanT2V / WanI2V / WanTI2V, docs/wan22_referen
    branch per rank with CFG parallelism, or the conditional one only when guidance is 1;
 4. `noise = uncond + g * (cond - uncond)`;
 5. one scheduler step (the same scheduler instance across the expert switch);
-6. `post_step` (TI2V image mode puts the clean first-frame latent back).
+6. `post_step` (TI2V image mode puts the clean first-frame latent back);
+7. with `hooks.want_preview`, on rank 0 only: a latent preview for the step's progress report.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import torch
 
 from ..errors import Cancelled
 from .experts import Expert, ExpertSchedule
+from .preview import LatentPreviewer, x0_middle_frame
 from .progress import Phase, RunHooks
 
 Tensor = torch.Tensor
@@ -120,6 +122,9 @@ def denoise(models: ModelProvider, scheduler, inputs: DenoiseInputs, dist, hooks
     total = len(timesteps)
     start = time.perf_counter()
     hooks.report(Phase.DENOISE, 0, total, start, f"{total} steps")
+    # Previews: rank 0 only, and only reading tensors the step made anyway (the result is the same).
+    previewer = (LatentPreviewer.for_latent(latent)
+                 if hooks.want_preview and getattr(dist, "rank", 0) == 0 else None)
     with torch.no_grad():
         for step, t in enumerate(timesteps):
             if dist.agree_stop(hooks.stop_requested()):
@@ -130,8 +135,13 @@ def denoise(models: ModelProvider, scheduler, inputs: DenoiseInputs, dist, hooks
             if prefetch is not None and step + 1 < total and experts[step + 1] != expert:
                 prefetch(experts[step + 1])   # the copy overlaps this step's compute
             noise_pred = guidance(model, expert, latent, inputs.timestep_input(t), guide)
+            # The model's own x0 estimate (x_t - sigma * v at this step's sigma), not the latent
+            # after the step: that one is still noisy until the last steps.
+            preview = (previewer(x0_middle_frame(latent, noise_pred, scheduler.sigmas[step]))
+                       if previewer is not None else None)
             latent = scheduler.step(noise_pred[None], scheduler.timesteps[step], latent[None])[0]
             if inputs.post_step is not None:
                 latent = inputs.post_step(latent)
-            hooks.report(Phase.DENOISE, step + 1, total, start, f"step {step + 1}/{total} ({expert.value})")
+            hooks.report(Phase.DENOISE, step + 1, total, start, f"step {step + 1}/{total} ({expert.value})",
+                         preview=preview)
     return latent

@@ -628,13 +628,15 @@ class _ClipHooks(RunHooks):
 
     def __init__(self, hooks: RunHooks, clip: int, clips: int) -> None:
         self._hooks, self._clip, self._clips = hooks, clip, clips
+        self.want_preview = hooks.want_preview
 
-    def report(self, phase: str, step: int, total: int, start: float, message: str = "") -> None:
+    def report(self, phase: str, step: int, total: int, start: float, message: str = "",
+               preview=None) -> None:
         if phase == Phase.DENOISE:
             self._hooks.report(phase, self._clip * total + step, self._clips * total, start,
-                               f"clip {self._clip + 1}/{self._clips}, {message}")
+                               f"clip {self._clip + 1}/{self._clips}, {message}", preview)
         else:
-            self._hooks.report(phase, step, total, start, message)
+            self._hooks.report(phase, step, total, start, message, preview)
 
     def stop_requested(self) -> bool:
         return self._hooks.stop_requested()

@@ -25,7 +25,7 @@ from typing import Any, Optional
 from ..config import EngineSpec, GenerateRequest
 from ..errors import WanEngineError, WorkerFailure
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2     # 2: Generate.preview, ProgressEvent.preview
 AUTHKEY_ENV = "WAN_CORE_WORKER_AUTHKEY"
 """Environment variable that hands a worker the listener's authkey (popped at once)."""
 
@@ -63,6 +63,7 @@ class Ready:
 class Generate:
     request_id: int
     request: GenerateRequest
+    preview: bool = False    # rank 0 attaches a latent preview to each denoise step's ProgressEvent
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ class StatusQuery:
 
 @dataclass(frozen=True)
 class ProgressEvent:
-    """The engine's `Progress`, as plain fields (the client never imports the pipeline)."""
+    """The engine's `Progress`, as plain fields (the client never imports the pipeline).
+    `preview`: uint8 CPU tensor [H, W, 3] (at most 256 px a side, so it travels inline in the
+    pickle, not through shared memory) when the request asked for previews."""
 
     request_id: int
     phase: str
@@ -90,13 +93,15 @@ class ProgressEvent:
     total: Optional[int] = None
     elapsed_s: float = 0.0
     message: str = ""
+    preview: Any = None
 
     @classmethod
     def from_progress(cls, request_id: int, progress: Any) -> "ProgressEvent":
         return cls(request_id=request_id, phase=str(getattr(progress, "phase", "")),
                    step=getattr(progress, "step", None), total=getattr(progress, "total", None),
                    elapsed_s=float(getattr(progress, "elapsed_s", 0.0) or 0.0),
-                   message=str(getattr(progress, "message", "") or ""))
+                   message=str(getattr(progress, "message", "") or ""),
+                   preview=getattr(progress, "preview", None))
 
 
 @dataclass(frozen=True)

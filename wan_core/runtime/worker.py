@@ -171,8 +171,9 @@ class Worker:
 
         self.phase = "generating"
         try:
-            result = self.engine.generate(job.request, RunHooks(on_progress=on_progress,
-                                                                should_stop=stop.is_set))
+            hooks = RunHooks(on_progress=on_progress, should_stop=stop.is_set,
+                             want_preview=job.preview and self.rank == 0)   # only rank 0 reports
+            result = self.engine.generate(job.request, hooks)
             return P.Finished(rid, self.rank, result if self.rank == 0 else None)
         except Cancelled as exc:
             return P.Stopped(rid, self.rank, exc.step)
