@@ -140,13 +140,14 @@ def s2v_engine(tiny_dir, tmp_path_factory):
     return WanEngine(EngineSpec(task=Task.S2V_14B, ckpt_dir=str(ck), device="cpu", param_dtype=ParamDtype.FP32))
 
 
-def _s2v_request(tiny_dir, **opts):
+def _s2v_request(tiny_dir, size=PIPE_REQUEST["size"], **opts):
     from wan_core.config import GenerateRequest
     from wan_core.io.audio import AudioInput
     from wan_core.io.images import load_image_tensor
     from wan_core.pipeline.s2v import S2VOptions
 
-    return GenerateRequest(**PIPE_REQUEST, image=load_image_tensor(tiny_dir / "inputs" / "s2v_ref.png"),
+    return GenerateRequest(**{**PIPE_REQUEST, "size": size},
+                           image=load_image_tensor(tiny_dir / "inputs" / "s2v_ref.png"),
                            audio=AudioInput(path=str(tiny_dir / "inputs" / "test.wav")),
                            s2v=S2VOptions(**{"infer_frames": 16, **opts}))
 
@@ -233,7 +234,11 @@ def test_pipe_mp4_with_audio(pipe_run, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Paths the goldens do not cover (pose video, start_from_ref): plumbing checks on one short clip
+# Paths the goldens do not cover (pose video, start_from_ref): plumbing checks on one short clip.
+# No golden dictates their size, so they run at the smallest S2V size, 64x64 (64 pixels a side),
+# a quarter of the golden's pixels: their cost is the VAE on the 73-frame motion buffer.
+
+SMALL = (64, 64)
 
 
 def _pose_mp4(path, frames: int, size: int = 96):
@@ -258,18 +263,18 @@ def _pose_mp4(path, frames: int, size: int = 96):
 def test_pose_video_conditions_the_clip(s2v_engine, tiny_dir, tmp_path):
     """The pose latents are the VAE latents of [first frame, clip frames] minus the first one
     (official load_pose_cond), and they change the DiT's prediction."""
+    from dataclasses import replace
+
     from wan_core.pipeline.s2v import prepare_pose, read_pose_frames
 
     pose = _pose_mp4(tmp_path / "pose.mp4", 20)
     runs = {}
     for name, extra in (("pose", {"pose_video": str(pose)}), ("none", {})):
-        req = _s2v_request(tiny_dir, num_clip=1, **extra)
-        from dataclasses import replace
-        req = replace(req, steps=1, decode=False)
+        req = replace(_s2v_request(tiny_dir, size=SMALL, num_clip=1, **extra), steps=1, decode=False)
         trace: dict = {}
         s2v_engine.generate(req, trace=lambda k, v: trace.__setitem__(k, v))
         runs[name] = trace
-    frames = prepare_pose(read_pose_frames(str(pose), 16), 128, 128)
+    frames = prepare_pose(read_pose_frames(str(pose), 16), *SMALL)
     want = s2v_engine.vae.encode(torch.cat([frames[:, :, :1], frames], dim=2))[0, :, 1:]
     assert rel_err(runs["pose"]["pose_latent0"], want) < 1e-6
     assert rel_err(runs["pose"]["call00_noise_model_out"], runs["none"]["call00_noise_model_out"]) > 1e-3
@@ -281,16 +286,21 @@ def test_start_from_ref(s2v_engine, tiny_dir):
     the first clip keeps its motion tokens and decodes after the 19 motion latents, all 16 frames."""
     from dataclasses import replace
 
-    req = replace(_s2v_request(tiny_dir, num_clip=1, start_from_ref=True), steps=1)
+    import numpy as np
+    from PIL import Image
+
+    req = replace(_s2v_request(tiny_dir, size=SMALL, num_clip=1, start_from_ref=True), steps=1)
     trace: dict = {}
     result = s2v_engine.generate(req, trace=lambda k, v: trace.__setitem__(k, v))
-    assert trace["motion_latents0"].shape == (16, 19, 16, 16)
-    assert trace["vae_decode_in0"].shape == (16, 23, 16, 16)
+    assert trace["motion_latents0"].shape == (16, 19, 8, 8)
+    assert trace["vae_decode_in0"].shape == (16, 23, 8, 8)
     assert torch.equal(trace["vae_decode_in0"][:, :19], trace["motion_latents0"])
-    assert result.video.shape[0] == 16                      # nothing dropped
+    assert result.video.shape == (16, 64, 64, 3)            # nothing dropped
     assert abs(result.audio.duration_s - 2.0) < 1e-9         # no offset to compensate
-    buf = torch.zeros(1, 3, 73, 128, 128)
-    from wan_core.io.images import load_image_tensor
-
-    buf[:, :, -6:] = load_image_tensor(tiny_dir / "inputs" / "s2v_ref.png")[None, :, None] * 2 - 1
+    # The reference at 64x64 as the official transform makes it (square image: PIL bilinear resize
+    # to the short side, the centre crop keeps everything), built here without the pipeline's code.
+    ref = Image.open(tiny_dir / "inputs" / "s2v_ref.png").convert("RGB").resize(SMALL, Image.BILINEAR)
+    ref = torch.from_numpy(np.asarray(ref).copy()).permute(2, 0, 1).float() / 255.0
+    buf = torch.zeros(1, 3, 73, *SMALL)
+    buf[:, :, -6:] = ref[None, :, None] * 2 - 1
     assert rel_err(trace["motion_latents0"], s2v_engine.vae.encode(buf)[0]) < 1e-6

@@ -135,23 +135,30 @@ def test_ulysses_must_divide_heads(ckpt):
 @pytest.mark.slow
 def test_generate_then_demo_mp4(ckpt, tmp_path):
     """A real run through the CLI (T2V on the tiny checkpoint) and the demo command."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from safetensors.torch import load_file
 
+    from wan_core.demo import DEMO_FRAMES, DEMO_SIZE
     from wan_core.io.video import read_video
 
-    out, lat = tmp_path / "t2v.mp4", tmp_path / "t2v.safetensors"
-    proc = run_cli(*gen(ckpt), "--base_seed", "3", "--save_file", str(out), "--save_latent", str(lat))
+    out, lat, demo = tmp_path / "t2v.mp4", tmp_path / "t2v.safetensors", tmp_path / "demo.mp4"
+    # Two independent processes (own outputs, the demo its own checkpoint folder): run side by side,
+    # so their start-up and single-threaded stretches overlap.
+    with ThreadPoolExecutor(2) as pool:
+        gen_run = pool.submit(run_cli, *gen(ckpt), "--base_seed", "3", "--save_file", str(out),
+                              "--save_latent", str(lat))
+        demo_run = pool.submit(run_cli, "demo", "--out", str(demo), "--ckpt_dir", str(tmp_path / "demo-ckpt"),
+                               "--device", "cpu")
+        proc, demo_proc = gen_run.result(), demo_run.result()
+
     assert proc.returncode == 0, proc.stderr
     video = read_video(out)
     assert video.frames.shape == (5, 48, 64, 3) and video.codec == "h264" and video.fps == 16
     assert load_file(str(lat))["latent"].shape == (16, 2, 6, 8)
 
-    demo = tmp_path / "demo.mp4"
-    proc = run_cli("demo", "--out", str(demo), "--ckpt_dir", str(tmp_path / "demo-ckpt"), "--device", "cpu")
-    assert proc.returncode == 0, proc.stderr
+    assert demo_proc.returncode == 0, demo_proc.stderr
     video = read_video(demo)
-    from wan_core.demo import DEMO_FRAMES, DEMO_SIZE
-
     assert video.codec == "h264"
     assert video.frames.shape == (DEMO_FRAMES, DEMO_SIZE[1], DEMO_SIZE[0], 3)
     assert video.frames.std() > 1.0        # not a blank video
