@@ -33,7 +33,14 @@ def parse_gpu_ids(text: str, count: int):
 def build_spec(task: str, ckpt_dir: str, gpus: int, ulysses_size: int, cfg_parallel: bool,
                dit_fsdp: bool, t5_fsdp: bool, t5_cpu: bool, offload: str, dtype: str, attention: str,
                device: str, gpu_ids: str = "") -> EngineSpec:
-    """Widget values -> a validated EngineSpec (ConfigError names the value and the fix)."""
+    """Widget values -> a validated EngineSpec (ConfigError names the value and the fix).
+
+    The layout is checked as every entry point checks it (`pipeline.parallelize.validate_spec`):
+    against the head count in the checkpoint's config.json (the official figure when it cannot be
+    read) and the offload rules. Here, before any worker starts, and before the registry ends an
+    idle group on the same GPUs to make room for a layout that would then fail."""
+    from wan_core.pipeline.parallelize import model_num_heads, validate, validate_spec
+
     task_ = Task.parse(task)
     if device not in ("cuda", "cpu"):
         raise ConfigError(f"device {device!r}: choose 'cuda' or 'cpu'")
@@ -41,9 +48,22 @@ def build_spec(task: str, ckpt_dir: str, gpus: int, ulysses_size: int, cfg_paral
                               ulysses_size=int(ulysses_size), cfg_parallel=bool(cfg_parallel),
                               dit_fsdp=bool(dit_fsdp), t5_fsdp=bool(t5_fsdp), t5_cpu=bool(t5_cpu),
                               offload=OffloadMode(offload))
-    parallel.validate(TASKS[task_].num_heads)
-    return EngineSpec(task=task_, ckpt_dir=ckpt_dir, device=device, param_dtype=ParamDtype(dtype),
+    spec = EngineSpec(task=task_, ckpt_dir=ckpt_dir, device=device, param_dtype=ParamDtype(dtype),
                       parallel=parallel, attention=AttentionBackend(attention))
+    try:
+        validate_spec(spec)
+    except ConfigError as exc:
+        official = TASKS[task_]
+        try:
+            validate(parallel, num_heads=official.num_heads, moe=official.moe)
+        except ConfigError:
+            raise exc from None       # wrong whatever the head count
+        # Only this checkpoint's head count refuses the layout, and the widget's tooltip quotes the
+        # official figures: say where the other one comes from.
+        raise ConfigError(f"{exc} (this checkpoint's config.json has num_heads="
+                          f"{model_num_heads(task_, ckpt_dir)}; the official {task_.value} has "
+                          f"{official.num_heads})") from None
+    return spec
 
 
 class Wan22MGModelLoader:

@@ -126,6 +126,44 @@ def test_build_spec_validates_the_layout():
         parse_gpu_ids("3", 2)
 
 
+def _dit_config(folder, num_heads):
+    import json
+
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"_class_name": "WanModel", "model_type": "t2v",
+                                                    "dim": 64 * num_heads, "num_heads": num_heads}))
+
+
+def test_build_spec_uses_the_checkpoints_head_count(tmp_path):
+    """The layout is checked against the checkpoint's config.json, not only the official figure."""
+    ti2v = tmp_path / "ti2v"
+    _dit_config(ti2v, 10)                  # official TI2V-5B: 24 heads, which 5 does not divide
+    spec = build_spec("ti2v-5B", str(ti2v), 5, 5, False, False, False, False, "none", "bf16", "auto", "cuda")
+    assert spec.parallel.ulysses_size == 5
+    t2v = tmp_path / "t2v"
+    _dit_config(t2v / "high_noise_model", 2)   # official T2V-A14B: 40 heads, which 4 divides
+    with pytest.raises(ConfigError, match=r"2 attention heads.*config.json has num_heads=2; the official "
+                                          r"t2v-A14B has 40"):
+        build_spec("t2v-A14B", str(t2v), 4, 4, False, False, False, False, "none", "bf16", "auto", "cuda")
+    with pytest.raises(ConfigError, match="offload") as info:   # validate_spec's offload rules too
+        build_spec("ti2v-5B", str(ti2v), 1, 1, False, False, False, False, "experts", "bf16", "auto", "cuda")
+    assert "num_heads" not in str(info.value)     # not a head-count problem: no note about it
+
+
+def test_loader_refuses_a_layout_before_any_worker(monkeypatch, tmp_path):
+    from nodes import engine_nodes
+
+    _dit_config(tmp_path / "Tiny-T2V" / "high_noise_model", 2)
+    monkeypatch.setattr(checkpoints, "_roots", lambda: [str(tmp_path)])
+    reg = EngineRegistry(client_factory=FakeClient)
+    monkeypatch.setattr(engine_nodes, "REGISTRY", reg)
+    started = FakeClient.started
+    with pytest.raises(ConfigError, match="ulysses_size=4"):
+        engine_nodes.Wan22MGModelLoader().load("t2v-A14B", "Tiny-T2V", 4, 4, False, False, False, False,
+                                               "none", "bf16", "auto", "cpu")
+    assert FakeClient.started == started and reg.loads == 0
+
+
 def test_build_request():
     text = TextPrompt("a cat", "")
     r = build_request(Task.T2V_A14B, text, 64, 48, 5, 3, 12.0, "dpm++", 7)
