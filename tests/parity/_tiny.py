@@ -35,3 +35,20 @@ def task_ckpt(tiny_dir: Path, task: str, dest_root: Path) -> Path:
     for entry in sorted(src.iterdir()):
         os.symlink(_target(entry), dest / entry.name)
     return dest
+
+
+def cpu_engines(tiny_dir: Path, dest_root: Path):
+    """`get(task)` -> a WanEngine (CPU, fp32) on that tiny task folder, built once per `get`."""
+    from wan_core.config import EngineSpec, ParamDtype, Task
+    from wan_core.pipeline.engine import WanEngine
+
+    cache: dict = {}
+
+    def get(task: str):
+        if task not in cache:
+            ck = task_ckpt(tiny_dir, task, dest_root)
+            cache[task] = WanEngine(EngineSpec(task=Task.parse(task), ckpt_dir=str(ck), device="cpu",
+                                               param_dtype=ParamDtype.FP32))
+        return cache[task]
+
+    return get

@@ -25,7 +25,7 @@ import torch
 
 from conftest import rel_err
 
-from _tiny import task_ckpt
+from _tiny import cpu_engines
 
 PROMPT = "Two anthropomorphic cats in comfy boxing gear and bright gloves fight on a stage."
 CALL_TOL = 1e-4
@@ -54,19 +54,7 @@ def ckpt_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine_for(tiny_dir, ckpt_root):
-    from wan_core.config import EngineSpec, ParamDtype, Task
-    from wan_core.pipeline.engine import WanEngine
-
-    cache: dict = {}
-
-    def get(folder: str):
-        if folder not in cache:
-            ck = task_ckpt(tiny_dir, folder, ckpt_root)
-            cache[folder] = WanEngine(EngineSpec(task=Task.parse(folder), ckpt_dir=str(ck), device="cpu",
-                                                 param_dtype=ParamDtype.FP32))
-        return cache[folder]
-
-    return get
+    return cpu_engines(tiny_dir, ckpt_root)
 
 
 def _request(tiny_dir: Path, fields: dict, image_file, **extra):

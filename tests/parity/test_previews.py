@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from _tiny import task_ckpt
+from _tiny import cpu_engines, task_ckpt
 
 # task folder -> request fields (tiny sizes of the goldens' runs; no decode: previews are per step)
 RUNS = {
@@ -18,20 +18,7 @@ RUNS = {
 
 @pytest.fixture(scope="module")
 def engine_for(tiny_dir, tmp_path_factory):
-    from wan_core.config import EngineSpec, ParamDtype, Task
-    from wan_core.pipeline.engine import WanEngine
-
-    root = tmp_path_factory.mktemp("tiny_ckpt")
-    cache: dict = {}
-
-    def get(folder: str):
-        if folder not in cache:
-            ck = task_ckpt(tiny_dir, folder, root)
-            cache[folder] = WanEngine(EngineSpec(task=Task.parse(folder), ckpt_dir=str(ck), device="cpu",
-                                                 param_dtype=ParamDtype.FP32))
-        return cache[folder]
-
-    return get
+    return cpu_engines(tiny_dir, tmp_path_factory.mktemp("tiny_ckpt"))
 
 
 @pytest.mark.parametrize("folder", list(RUNS))
