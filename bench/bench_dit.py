@@ -151,7 +151,7 @@ def run_mode(mode: str, args, dist_ctx, device: torch.device) -> dict:
         allp = [torch.zeros(1, device=device) for _ in range(dist_ctx.world_size)]
         dist.all_gather(allp, peaks[0])
         peaks = allp
-    del model
+    model = None   # free the weights before the next mode builds its own
     if cuda:
         torch.cuda.empty_cache()
     tflops = STEP_FLOP[args.res] / s_step / 1e12 / dist_ctx.world_size

@@ -21,8 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wan_core.config import (EngineSpec, GenerateRequest, OffloadMode, ParallelConfig,  # noqa: E402
-                             ParamDtype, Task)
+from wan_core.config import EngineSpec, GenerateRequest, ParallelConfig, ParamDtype, Task  # noqa: E402
 from wan_core.tinyckpt import TinySizes, write_tiny_t2v  # noqa: E402
 
 

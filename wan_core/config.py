@@ -191,7 +191,6 @@ class ParallelConfig:
                                   f"num_gpus={self.num_gpus}; give one id per worker")
             if len(set(self.gpu_ids)) != len(self.gpu_ids):
                 raise ConfigError(f"gpu_ids={list(self.gpu_ids)} repeats a GPU; give each worker its own")
-        valid = valid_ulysses_degrees(num_heads, max_degree=max(8, self.ulysses_size))
         if self.ulysses_size < 1 or num_heads % self.ulysses_size:
             raise ConfigError(
                 f"ulysses_size={self.ulysses_size} does not divide the model's {num_heads} attention "

@@ -423,7 +423,7 @@ def resolve_s2v_request(request: GenerateRequest, spec: Optional[TaskSpec] = Non
                 f"which gives {pose.usable_frames} frames at {fps} fps (every {pose.interval}), but "
                 f"{clips} clip(s) of {f} frames need {need}; give a longer pose video or set --num_clip "
                 f"{max(1, pose.usable_frames // f)}" + ("" if pose.usable_frames >= f else
-                                                        f" (it is shorter than one clip: lower --infer_frames)"))
+                                                        " (it is shorter than one clip: lower --infer_frames)"))
 
     return S2VPlan(task=spec, prompt=request.prompt, neg_prompt=neg, width=width, height=height,
                    ref_pixels=ref, audio=track, options=replace(opts, pose_video=opts.pose_video),
