@@ -265,7 +265,7 @@ def test_pose_video_conditions_the_clip(s2v_engine, tiny_dir, tmp_path):
     (official load_pose_cond), and they change the DiT's prediction."""
     from dataclasses import replace
 
-    from wan_core.pipeline.s2v import prepare_pose, read_pose_frames
+    from wan_core.pipeline.s2v_media import prepare_pose, read_pose_frames
 
     pose = _pose_mp4(tmp_path / "pose.mp4", 20)
     runs = {}

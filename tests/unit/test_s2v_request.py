@@ -170,7 +170,7 @@ def test_pose_video_too_short(tmp_path):
 
 
 def test_pose_frames_sampling(tmp_path):
-    from wan_core.pipeline.s2v import prepare_pose, read_pose_frames
+    from wan_core.pipeline.s2v_media import prepare_pose, read_pose_frames
 
     path = _pose_video(tmp_path / "p.mp4", 64, fps=32)
     frames = read_pose_frames(str(path), 10, 16)
