@@ -8,6 +8,7 @@ The pack root goes on sys.path (appended, so it never shadows ComfyUI's own modu
 `nodes`): the engine must import as the top-level package `wan_core` here and in the worker
 processes, or messages pickled on one side would not resolve on the other.
 """
+import importlib.util
 import os
 import sys
 
@@ -15,7 +16,23 @@ _ROOT = os.path.dirname(os.path.abspath(__file__))
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+
+def _engine_of_this_pack() -> None:
+    """Import `wan_core` from this folder even when a `pip install .` of the repository put an
+    older copy in site-packages, which the appended sys.path entry would find first. The workers
+    get this folder first on PYTHONPATH (runtime/processes.py), so both sides run the same code."""
+    if "wan_core" in sys.modules:
+        return
+    folder = os.path.join(_ROOT, "wan_core")
+    spec = importlib.util.spec_from_file_location(
+        "wan_core", os.path.join(folder, "__init__.py"), submodule_search_locations=[folder])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["wan_core"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["wan_core"]
+        raise
 
 WEB_DIRECTORY = "./web"
 
@@ -34,6 +51,18 @@ def _install_into_comfyui() -> None:
         routes.install(server)
 
 
-_install_into_comfyui()
+if __package__:
+    # ComfyUI imports this file as a package named after the pack's folder.
+    _engine_of_this_pack()
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
+
+    _install_into_comfyui()
+else:
+    # Imported as a plain top-level module, with no parent package for `.nodes`: pytest does this
+    # when it collects the repository root (it holds this __init__.py) from a folder whose name is
+    # not a Python identifier, such as the README's `comfyui-wan22-multigpu`. Nothing needs the
+    # nodes there; failing would turn every test of the suite into a collection error.
+    NODE_CLASS_MAPPINGS: dict = {}
+    NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
