@@ -136,11 +136,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the tiny checkpoint (default: a cache folder)")
     d.add_argument("-v", "--verbose", action="store_true")
 
-    sub.add_parser("doctor", help="report what this machine offers (torch, GPUs, attention, NCCL, PyAV, /dev/shm)",
-                   description="Print Python/torch versions, CUDA and the GPUs, the attention backends "
-                               "that import and the one 'auto' picks, NCCL, PyAV and /dev/shm space. "
-                               "No network, no model; exit code 0.")
+    dr = sub.add_parser("doctor", help="report what this machine offers, and the memory plan of a request",
+                        description="Print Python/torch versions, CUDA and the GPUs, the attention backends "
+                                    "that import and the one 'auto' picks, NCCL, PyAV, /dev/shm, the links "
+                                    "between the GPUs, a timed NCCL all-reduce/all-to-all self-test, host "
+                                    "RAM, and the memory plan (estimated peak per GPU) of the request the "
+                                    "flags describe, with the settings to use instead when it does not fit. "
+                                    "No network; exit code 0 (see --strict).")
+    dr.add_argument("--task", default=Task.T2V_A14B.value, choices=[t.value for t in Task])
+    dr.add_argument("--size", default=None, help="WIDTH*HEIGHT (default: the task's official default)")
+    dr.add_argument("--frame_num", type=int, default=None, help="frames (s2v-14B: frames per clip)")
+    dr.add_argument("--gpus", "--num_gpus", dest="gpus", type=_gpus, default=None, metavar="N|IDS",
+                    help="GPUs to plan for: a count or ids (default: every visible GPU)")
+    dr.add_argument("--ulysses_size", type=int, default=None)
+    dr.add_argument("--cfg_parallel", action="store_true")
+    dr.add_argument("--dit_fsdp", action="store_true")
+    dr.add_argument("--t5_fsdp", action="store_true")
+    dr.add_argument("--t5_cpu", action="store_true")
+    dr.add_argument("--offload", default=None, choices=[o.value for o in OffloadMode],
+                    help="default: experts on one GPU for the A14B tasks (as generate), else none")
+    dr.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32", "fp8"],
+                    help="weight dtype (fp8: ComfyUI's fp8_scaled files)")
+    dr.add_argument("--sample_guide_scale", default=None, help="1 = no CFG (one forward per step)")
+    dr.add_argument("--ckpt_dir", default=None, help="read the model's sizes from this checkpoint")
+    dr.add_argument("--json", action="store_true", help="print one JSON object (plan, links, self-test)")
+    dr.add_argument("--no_selftest", action="store_true", help="skip the NCCL self-test")
+    dr.add_argument("--selftest_timeout", type=float, default=60.0, metavar="S",
+                    help="seconds before the NCCL self-test counts as hung (default 60)")
+    dr.add_argument("--strict", action="store_true",
+                    help="exit 1 when the plan does not fit or the self-test fails")
     return parser
+
+
+def _doctor(args) -> int:
+    from .doctor import PlanOptions, run_doctor
+
+    n, ids = args.gpus if args.gpus else (None, None)
+    opts = PlanOptions(task=args.task, size=args.size, frame_num=args.frame_num, gpus=n, gpu_ids=ids,
+                       ulysses_size=args.ulysses_size, cfg_parallel=args.cfg_parallel, dit_fsdp=args.dit_fsdp,
+                       t5_fsdp=args.t5_fsdp, t5_cpu=args.t5_cpu, offload=args.offload, dtype=args.dtype,
+                       ckpt_dir=args.ckpt_dir, sample_guide_scale=args.sample_guide_scale,
+                       selftest=not args.no_selftest, selftest_timeout_s=args.selftest_timeout)
+    return run_doctor(plan=opts, as_json=args.json, strict=args.strict)
 
 
 # -- generate -------------------------------------------------------------------------------------
@@ -284,6 +321,7 @@ class ProgressBars:
 
 def precheck(spec: EngineSpec, request: GenerateRequest):
     """Everything that can be checked without loading weights; returns the RunPlan."""
+    from .memory_plan import check_fits
     from .pipeline.engine import check_checkpoint
     from .pipeline.parallelize import validate_request, validate_spec
     from .pipeline.video_tasks import resolve_request
@@ -292,11 +330,14 @@ def precheck(spec: EngineSpec, request: GenerateRequest):
     validate_spec(spec)               # the same checks as WanEngine and EngineClient
     validate_request(spec, request)   # cfg_parallel needs a guidance other than 1
     check_checkpoint(spec.ckpt_dir, task)
-    if task == Task.S2V_14B:   # decodes the audio now: a bad file fails before any weight loads
+    if task == Task.S2V_14B:
+        check_fits(spec, request)   # the memory guard (S2V: before the audio is decoded)   # decodes the audio now: a bad file fails before any weight loads
         from .pipeline.s2v import resolve_s2v_request
 
         return resolve_s2v_request(request, TASKS[task])
-    return resolve_request(task, request, sp_size=spec.parallel.ulysses_size)
+    plan = resolve_request(task, request, sp_size=spec.parallel.ulysses_size)
+    check_fits(spec, request)       # the memory guard: after the size and frames were validated
+    return plan
 
 
 def _save_outputs(result, save_file: str, save_latent: Optional[str]) -> None:
@@ -392,8 +433,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "generate":
             return cmd_generate(args)
         if args.command == "doctor":
-            from .doctor import run_doctor
-            return run_doctor()
+            return _doctor(args)
         if args.command == "demo":
             from .demo import run_demo
             return run_demo(out=args.out, device=args.device, ckpt_dir=args.ckpt_dir)

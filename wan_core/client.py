@@ -101,11 +101,14 @@ class EngineClient:
         ComfyUI's interrupt exception), the run is cancelled and that exception is re-raised once
         every rank stopped. `should_cancel()` is polled about every 100 ms; when true, every rank
         stops at the same step boundary and `Cancelled(step)` is raised. A request the layout
-        cannot run (cfg_parallel with a guidance of 1) raises `ConfigError` before it is sent.
+        cannot run (cfg_parallel with a guidance of 1), or whose estimated memory exceeds the
+        GPUs' (`memory_plan.check_fits`), raises `ConfigError` before it is sent.
         """
+        from .memory_plan import check_fits
         from .pipeline.parallelize import validate_request
 
         validate_request(self.spec, request)
+        check_fits(self.spec, request)
         with self._job_lock:
             if not self.alive:
                 raise _copy(self._group.failure)

@@ -2,10 +2,14 @@
 
 Prints Python/torch versions, CUDA and the GPUs (name, compute capability, memory), which attention
 backends import and which one `auto` picks, torch.distributed backends (NCCL, gloo), PyAV and its
-H.264/AAC encoders, and the free space of /dev/shm (the worker group returns videos through shared
-memory; NCCL uses it between GPUs of one host). No network, no model, no process; GPU memory is
-read through NVML when `pynvml` is importable (no CUDA context), else only the total is shown.
-Always exits 0: a missing piece is reported, not raised.
+H.264/AAC encoders, the free space of /dev/shm (the worker group returns videos through shared
+memory; NCCL uses it between GPUs of one host), the links between the GPUs (NVLink/PCIe, P2P), a
+timed NCCL all-reduce + all-to-all over the chosen GPUs with a timeout (`linkcheck.py`), host RAM,
+and the memory plan of a request (`memory_plan.py`) with the settings to use instead when it does
+not fit. No network; GPU memory is read through NVML when `pynvml` is importable (no CUDA
+context), else only the total is shown. Exits 0 (a missing piece is reported, not raised), except
+`--strict`: 1 when the plan does not fit or the self-test fails. `--json` prints one JSON object
+(the plan, links, self-test) for scripts, e.g. the GPU benchmark's plan-vs-measured check.
 """
 from __future__ import annotations
 
@@ -13,9 +17,10 @@ import importlib
 import importlib.util
 import os
 import platform
+import json
 import shutil
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional, TextIO
 
 _GB = 1024 ** 3
@@ -175,19 +180,187 @@ SECTIONS: list[tuple[str, Callable[[], list[Line]]]] = [
 ]
 
 
-def run_doctor(out: TextIO = sys.stdout) -> int:
-    """Print every section; a section that raises is reported as such. Returns 0."""
+@dataclass
+class PlanOptions:
+    """What `doctor --task ...` plans for (the generate flags of the same names)."""
+
+    task: str = "t2v-A14B"
+    size: Optional[str] = None
+    frame_num: Optional[int] = None
+    gpus: Optional[int] = None          # None: every visible GPU (1 without CUDA)
+    gpu_ids: Optional[tuple[int, ...]] = None
+    ulysses_size: Optional[int] = None
+    cfg_parallel: bool = False
+    dit_fsdp: bool = False
+    t5_fsdp: bool = False
+    t5_cpu: bool = False
+    offload: Optional[str] = None       # None: the generate default (experts on one GPU for A14B)
+    dtype: str = "bf16"                 # bf16 / fp16 / fp32 / fp8
+    ckpt_dir: Optional[str] = None
+    sample_guide_scale: Optional[str] = None
+    selftest: bool = True
+    selftest_timeout_s: float = 60.0
+    extra: dict = field(default_factory=dict)
+
+
+def _spec_and_request(opts: PlanOptions, cuda: bool, visible: int):
+    from .config import (TASKS, EngineSpec, GenerateRequest, GuideScale, OffloadMode, ParallelConfig,
+                         ParamDtype, Task, parse_size)
+
+    task = Task.parse(opts.task)
+    n = opts.gpus or (len(opts.gpu_ids) if opts.gpu_ids else (max(1, visible) if cuda else 1))
+    deg = 2 if opts.cfg_parallel else 1
+    ulysses = opts.ulysses_size or max(1, n // deg)
+    if opts.offload is not None:
+        offload = OffloadMode(opts.offload)
+    else:   # generate's default: --offload_model True on one GPU -> experts for the A14B tasks
+        offload = OffloadMode.EXPERTS if (n == 1 and TASKS[task].moe and not opts.dit_fsdp) else OffloadMode.NONE
+    par = ParallelConfig(num_gpus=n, gpu_ids=opts.gpu_ids, ulysses_size=ulysses, cfg_parallel=opts.cfg_parallel,
+                         dit_fsdp=opts.dit_fsdp, t5_fsdp=opts.t5_fsdp, t5_cpu=opts.t5_cpu, offload=offload)
+    par.validate(TASKS[task].num_heads)
+    dtype = ParamDtype.BF16 if opts.dtype == "fp8" else ParamDtype(opts.dtype)
+    # Planned for CUDA GPUs even where there is none (a user sizing a machine): only the check
+    # against real GPU memory needs one.
+    spec = EngineSpec(task=task, ckpt_dir=opts.ckpt_dir or "", device="cuda", param_dtype=dtype, parallel=par)
+    req = GenerateRequest(prompt="", size=parse_size(opts.size) if opts.size else None,
+                          frame_num=opts.frame_num,
+                          guide_scale=GuideScale.parse(opts.sample_guide_scale) if opts.sample_guide_scale else None)
+    return spec, req
+
+
+def collect_plan(opts: PlanOptions) -> dict:
+    """Links, self-test, host memory and the memory plan as one JSON-able dict."""
+    from . import memory_plan as mp
+    from .linkcheck import gpu_links, selftest
+
+    out: dict = {}
+    gpus = mp.gpu_memory()
+    cuda = bool(gpus)
+    out["gpus"] = [{"name": g[0], "total_gib": round(g[1] / mp.GiB, 2),
+                    "free_gib": None if g[2] is None else round(g[2] / mp.GiB, 2)} for g in gpus or []]
+    out["cuda"] = cuda
+    spec, req = _spec_and_request(opts, cuda, len(gpus or []))
+    n = spec.parallel.num_gpus
+    links = gpu_links() if cuda else None
+    out["links"] = asdict(links) | {"kind": links.kind} if links else None
+    if cuda and n > 1 and opts.selftest:
+        test = selftest(n, "nccl", timeout_s=opts.selftest_timeout_s, gpu_ids=list(spec.parallel.gpu_ids or range(n)))
+        out["selftest"] = asdict(test)
+    else:
+        out["selftest"] = None
+    total, avail = mp.host_ram()
+    out["host_ram_gib"] = {"total": total and round(total / mp.GiB, 2), "available": avail and round(avail / mp.GiB, 2)}
+    try:
+        shm = shutil.disk_usage("/dev/shm")
+        out["shm_free_gib"] = round(shm.free / mp.GiB, 2)
+    except OSError:
+        out["shm_free_gib"] = None
+    sizes = mp.facts_for(spec.task, opts.ckpt_dir)
+    if cuda:
+        cap = mp.capacity_for("cuda", n, spec.parallel.gpu_ids)
+        if cap is not None and links is not None:
+            from dataclasses import replace
+
+            cap = replace(cap, link=links.kind)
+    else:
+        cap = None
+    plan, tips = mp.plan_for(spec, req, sizes=sizes, cap=cap, weight_dtype=opts.dtype)
+    out["plan"] = plan.to_json()
+    out["instead"] = [t.to_json() for t in tips]
+    out["plan_text"] = mp.describe(plan, tips)
+    out["plan_device"] = "cuda" if cuda else "cuda (no GPU here: planned for CUDA GPUs, not checked against any)"
+    return out
+
+
+def _plan_lines(info: dict) -> list[tuple[str, list[Line]]]:
+    from . import memory_plan as mp
+
+    sections = []
+    links = info.get("links")
+    if not info["cuda"]:
+        sections.append(("GPU links", [Line("GPUs", "none visible: no GPU links, no NCCL self-test")]))
+    else:
+        lines = []
+        for pair, kind in (links or {}).get("pairs", {}).items():
+            p2p = links["p2p"].get(pair)
+            words = "NVLink" if kind.startswith("NV") else LINK_WORDS_SHORT.get(kind, kind)
+            lines.append(Line(f"GPU {pair.replace('-', ' <-> ')}", f"{kind} ({words}), P2P "
+                              f"{'on' if p2p else 'off' if p2p is not None else 'unknown'}",
+                              None if p2p or p2p is None else "no peer-to-peer: NCCL goes through host "
+                              "memory (slower); if multi-GPU runs hang, set NCCL_P2P_DISABLE=1"))
+        if not lines:
+            lines.append(Line("links", "one GPU" if len(info["gpus"]) < 2 else
+                              (links or {}).get("error") or "nvidia-smi topo -m unavailable"))
+        sections.append(("GPU links", lines))
+        test = info.get("selftest")
+        if test is None:
+            sections.append(("NCCL self-test", [Line("skipped", "one GPU in the plan (or --no_selftest)")]))
+        else:
+            sections.append(("NCCL self-test", [Line("result" if test["ok"] else "FAILED", test["message"],
+                                                     None if test["ok"] else "multi-GPU runs will hang or fail "
+                                                     "the same way until this passes")]))
+    plan = info["plan"]
+    host = info["host_ram_gib"]
+    need_host = plan["host_ram"] / mp.GiB
+    lines = [Line("host RAM", f"{host['total']} GiB total, {host['available']} GiB available; the plan "
+                  f"needs about {need_host:.1f} GiB",
+                  "not enough host RAM for this layout (offloaded weights are pinned in RAM): use fewer "
+                  "GPUs with offload, or dit_fsdp" if host["total"] and need_host > host["total"] else None)]
+    need_shm = plan["shm"] / mp.GiB
+    if info.get("shm_free_gib") is not None:
+        lines.append(Line("/dev/shm for the plan", f"{info['shm_free_gib']} GiB free, about {need_shm:.1f} GiB used",
+                          "too small: results fall back to the pipe and NCCL may fail; in Docker pass "
+                          "--shm-size=8g" if need_shm > info["shm_free_gib"] else None))
+    sections.append(("Host memory", lines))
+    text = info["plan_text"]
+    plan_lines = [Line("plan", text[0])] + [Line("", t.strip()) for t in text[1:]]
+    if not info["cuda"]:
+        plan_lines.insert(0, Line("GPU", "no CUDA GPU here: the plan is for CUDA GPUs of any size "
+                                  "(add --gpus N to plan for N)"))
+    if plan.get("fits") is False:
+        plan_lines.append(Line("verdict", "this request does not fit",
+                               "use one of the settings after `instead`"))
+    sections.append(("Memory plan", plan_lines))
+    return sections
+
+
+LINK_WORDS_SHORT = {"SYS": "PCIe across CPU sockets", "NODE": "PCIe through the CPU", "PHB": "PCIe host bridge",
+                    "PXB": "PCIe switches", "PIX": "PCIe switch"}
+
+
+def run_doctor(out: TextIO = sys.stdout, plan: Optional[PlanOptions] = None, *, as_json: bool = False,
+               strict: bool = False) -> int:
+    """Print every section (or one JSON object with `as_json`); a section that raises is reported
+    as such. Returns 0, or with `strict` 1 when the plan does not fit or the self-test failed."""
+    plan = plan or PlanOptions()
+    info = None
+    try:
+        info = collect_plan(plan)
+        plan_sections = _plan_lines(info)
+    except Exception as exc:  # noqa: BLE001 - a report, not a run
+        from .errors import WanEngineError
+
+        hint = "check the flags" if isinstance(exc, WanEngineError) else "please include this in a bug report"
+        plan_sections = [("Memory plan", [Line("error", f"{type(exc).__name__}: {exc}", hint)])]
+        if as_json:
+            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), file=out)
+            return 2 if isinstance(exc, WanEngineError) else 1
+    bad = info is not None and (info["plan"].get("fits") is False
+                                or (info.get("selftest") and not info["selftest"]["ok"]))
+    if as_json:
+        print(json.dumps(info, indent=1, default=str), file=out)
+        return 1 if (strict and bad) else 0
     warnings = 0
-    for title, collect in SECTIONS:
+    for title, collect in SECTIONS + [(t, (lambda lines=lines: lines)) for t, lines in plan_sections]:
         print(f"{title}:", file=out)
         try:
             lines = collect()
         except Exception as exc:  # noqa: BLE001 - a report, not a run: show it and go on
             lines = [Line("error", f"{type(exc).__name__}: {exc}", "please include this in a bug report")]
         for line in lines:
-            print(f"  {line.label}: {line.value}", file=out)
+            print(f"  {line.label}: {line.value}" if line.label else f"    {line.value}", file=out)
             if line.warning:
                 warnings += 1
                 print(f"    warning: {line.warning}", file=out)
     print(f"{warnings} warning(s)", file=out)
-    return 0
+    return 1 if (strict and bad) else 0

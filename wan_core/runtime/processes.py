@@ -80,8 +80,10 @@ def _torch_cuda_words() -> str:
 
 def check_start(spec: EngineSpec) -> None:
     """What a group start checks in the parent before it creates anything (folder, store,
-    process): the parallel layout against the model (`pipeline.parallelize.validate_spec`) and,
-    on CUDA, that the GPUs it asks for are visible. Raises ConfigError."""
+    process): the parallel layout against the model (`pipeline.parallelize.validate_spec`), on
+    CUDA that the GPUs it asks for are visible, and the memory guard (`memory_plan.check_load`:
+    the weights and the smallest video must fit). Raises ConfigError."""
+    from ..memory_plan import check_load
     from ..pipeline.parallelize import validate_spec
 
     validate_spec(spec)
@@ -90,6 +92,7 @@ def check_start(spec: EngineSpec) -> None:
 
         visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
         check_gpus_visible(spec.parallel, visible, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    check_load(spec)
 
 
 class Spawner:
