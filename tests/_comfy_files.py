@@ -160,8 +160,11 @@ def spm_from_tokenizer_json(path: PathLike) -> bytes:
         raise ValueError("only Unigram tokenizers")
     special = {t["content"] for t in d.get("added_tokens", [])} | {"<pad>", "</s>", "<unk>"}
     body = b""
+    last = {p: i for i, (p, _) in enumerate(model["vocab"])}
     for i, (piece, score) in enumerate(model["vocab"]):
         ptype = 2 if i == model.get("unk_id", 2) else (3 if piece in special else 1)
+        if last[piece] != i:   # the tiny vocabulary repeats a piece; tokenizers uses the last id,
+            piece, ptype = f"<unused_{i}>", 5   # sentencepiece refuses repeats: mark it unused
         sp = _pb_field(1, 2, piece.encode("utf-8")) + _pb_field(2, 5, struct.pack("<f", score))
         if ptype != 1:
             sp += _pb_field(3, 0, ptype)
