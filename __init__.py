@@ -1,8 +1,9 @@
 """ComfyUI entry point of the Wan2.2 Multi-GPU pack.
 
-Registers the nodes, the `models/wan22` folder, our HTTP routes and the web extension. It does no
-CUDA work, starts no process and does not import torch (ComfyUI has; the engine's workers are
-started by the loader node when a prompt runs).
+Registers the nodes (ComfyUI's V3 entry point `comfy_entrypoint`, which imports the node classes
+only when ComfyUI calls it), the `models/wan22` folder, our HTTP routes and the web extension. It
+does no CUDA work, starts no process and does not import torch (ComfyUI has; the engine's workers
+are started by the loader node when a prompt runs).
 
 The pack root goes on sys.path (appended, so it never shadows ComfyUI's own modules such as
 `nodes`): the engine must import as the top-level package `wan_core` here and in the worker
@@ -34,7 +35,15 @@ def _engine_of_this_pack() -> None:
         del sys.modules["wan_core"]
         raise
 
+
 WEB_DIRECTORY = "./web"
+
+
+async def comfy_entrypoint():
+    """ComfyUI's V3 extension (nodes/extension.py): every node family's V3 node classes."""
+    from .nodes.extension import Wan22MGExtension
+
+    return Wan22MGExtension()
 
 
 def _install_into_comfyui() -> None:
@@ -54,15 +63,10 @@ def _install_into_comfyui() -> None:
 if __package__:
     # ComfyUI imports this file as a package named after the pack's folder.
     _engine_of_this_pack()
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
-
     _install_into_comfyui()
-else:
-    # Imported as a plain top-level module, with no parent package for `.nodes`: pytest does this
-    # when it collects the repository root (it holds this __init__.py) from a folder whose name is
-    # not a Python identifier, such as the README's `comfyui-wan22-multigpu`. Nothing needs the
-    # nodes there; failing would turn every test of the suite into a collection error.
-    NODE_CLASS_MAPPINGS: dict = {}
-    NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+# else: imported as a plain top-level module, with no parent package for `.nodes`: pytest does this
+# when it collects the repository root (it holds this __init__.py) from a folder whose name is not a
+# Python identifier, such as the README's `comfyui-wan22-multigpu`. Nothing needs the nodes there
+# (comfy_entrypoint is only called by ComfyUI, which imports the pack as a package).
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]
+__all__ = ["WEB_DIRECTORY", "comfy_entrypoint"]

@@ -1,8 +1,11 @@
-"""The ComfyUI layer in-process, without ComfyUI: schemas against function signatures, conversions,
+"""The ComfyUI layer in-process, without a ComfyUI server: V3 schemas against the execute
+functions (ComfyUI's own `comfy_api` validates them), tooltips from wan_core.field_docs, conversions,
 request building, the engine registry (with a stand-in client), and the pack's import cost."""
 from __future__ import annotations
 
+import importlib
 import inspect
+import os
 import subprocess
 import sys
 import threading
@@ -13,71 +16,110 @@ import torch
 
 import nodes
 from nodes import checkpoints, convert
-from nodes.engine_nodes import build_spec, parse_gpu_ids
 from nodes.progress import describe
 from nodes.registry import EngineRegistry
-from nodes.sampling_nodes import build_request
-from nodes.types import ENGINE, TextPrompt
-from wan_core.config import EngineSpec, GenerateRequest, GuideScale, ParallelConfig, Task
+from nodes.requests import build_request, build_spec, parse_gpu_ids
+from nodes.types import ExpertRouting, TextPrompt
+from wan_core.config import TASKS, EngineSpec, GenerateRequest, GuideScale, ParallelConfig, Task
 from wan_core.errors import ConfigError, InputError, WorkerFailure
 
+import comfyui_harness as harness
 from comfyui_harness import REPO
 
 IDS = ("Wan22MGModelLoader", "Wan22MGExpertRouter", "Wan22MGTextEncode", "Wan22MGAudioEncode",
        "Wan22MGSampler", "Wan22MGDecode", "Wan22MGRelease")
 
 
-def test_node_ids_are_stable():
-    assert tuple(nodes.NODE_CLASS_MAPPINGS) == IDS
-    assert set(nodes.NODE_DISPLAY_NAME_MAPPINGS) == set(IDS)
+@pytest.fixture(scope="module")
+def v3():
+    """The node classes, imported with ComfyUI's source on sys.path only while importing (its
+    `comfy_api` is what the node families subclass); no server, no model management."""
+    comfy_dir, _, why = harness.locate()
+    if comfy_dir is None:
+        if os.environ.get("WAN22_REQUIRE_SHARED") == "1":
+            pytest.fail(why + "; WAN22_REQUIRE_SHARED=1 forbids skipping", pytrace=False)
+        pytest.skip(why)
+    sys.path.append(str(comfy_dir))
+    try:
+        extension = importlib.import_module("nodes.extension")
+        from comfy_api.latest import io
+    finally:
+        sys.path.remove(str(comfy_dir))
+    return {cls.GET_SCHEMA().node_id: cls for cls in extension.node_classes()}, io
+
+
+def test_node_ids_are_stable(v3):
+    classes, _ = v3
+    assert tuple(sorted(classes)) == tuple(sorted(IDS)) == tuple(sorted(nodes.NODE_IDS))
 
 
 @pytest.mark.parametrize("node_id", IDS)
-def test_schema_matches_the_function(node_id):
-    cls = nodes.NODE_CLASS_MAPPINGS[node_id]
-    spec = cls.INPUT_TYPES()
-    assert set(spec) <= {"required", "optional", "hidden"}
-    declared = [name for section in ("required", "optional", "hidden") for name in spec.get(section, {})]
-    fn = getattr(cls, cls.FUNCTION)
-    params = inspect.signature(fn).parameters
-    names = [p for p in params if p != "self"]
-    assert sorted(declared) == sorted(names), (declared, names)
-    for name in list(spec.get("optional", {})) + list(spec.get("hidden", {})):
-        assert params[name].default is None or params[name].default == "", f"{name} needs a default"
-    for name in spec.get("required", {}):
-        assert params[name].default is inspect.Parameter.empty, f"required {name} must not have a default"
-    for name, entry in spec.get("required", {}).items():
-        typ = entry[0]
-        assert isinstance(typ, (str, list)), name
-        if isinstance(typ, list):
-            assert entry[1].get("default", typ[0]) in typ, name
-        elif typ in ("INT", "FLOAT"):
-            o = entry[1]
-            assert o["min"] <= o["default"] <= o["max"], name
-    assert isinstance(cls.RETURN_TYPES, tuple)
-    if hasattr(cls, "RETURN_NAMES"):
-        assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
-    assert cls.CATEGORY == "Wan2.2 Multi-GPU" and cls.DESCRIPTION
+def test_schema_matches_the_function(v3, node_id):
+    classes, io = v3
+    cls = classes[node_id]
+    schema = cls.GET_SCHEMA()                    # ComfyUI's own validation of the schema
+    assert issubclass(cls, io.ComfyNode)
+    params = inspect.signature(cls.execute).parameters
+    assert [i.id for i in schema.inputs] == list(params), (schema.inputs, list(params))
+    for inp in schema.inputs:
+        default = params[inp.id].default
+        if inp.optional:
+            assert default is None or default == "", f"optional {inp.id} needs a default"
+        else:
+            assert default is inspect.Parameter.empty, f"required {inp.id} must not have a default"
+        assert inp.tooltip, f"{node_id}.{inp.id} has no tooltip"
+        if isinstance(inp, io.Combo.Input):
+            assert inp.default is None or inp.default in inp.options, inp.id
+        elif isinstance(inp, (io.Int.Input, io.Float.Input)):
+            assert inp.min <= inp.default <= inp.max, inp.id
+    info = cls.GET_NODE_INFO_V1()
+    assert info["category"].startswith("model/conditioning/wan/")     # next to ComfyUI's Wan nodes
+    assert info["display_name"].startswith("Wan2.2 Multi-GPU ") and info["description"]
+    assert "wan" in info["search_aliases"]
+    assert len(info["output"]) == len(info["output_name"])
 
 
-def test_sampler_takes_the_loaders_output():
-    assert nodes.NODE_CLASS_MAPPINGS["Wan22MGModelLoader"].RETURN_TYPES == (ENGINE,)
-    assert nodes.NODE_CLASS_MAPPINGS["Wan22MGSampler"].INPUT_TYPES()["required"]["engine"][0] == ENGINE
-    assert nodes.NODE_CLASS_MAPPINGS["Wan22MGDecode"].RETURN_TYPES == ("IMAGE", "FLOAT", "AUDIO")
+def test_native_looking_names_are_avoided(v3):
+    """#11: our prompt and frames nodes take no CLIP / VAE: their names must not read like
+    CLIPTextEncode / VAEDecode."""
+    classes, _ = v3
+    names = {cls.GET_SCHEMA().display_name for cls in classes.values()}
+    assert not any("Text Encode" in n or n.endswith("Decode") for n in names), names
+
+
+def test_tooltips_come_from_the_field_table(v3):
+    """The official figures in a tooltip are read from TASKS, not written in prose."""
+    classes, _ = v3
+    inputs = {i.id: i for i in classes["Wan22MGSampler"].GET_SCHEMA().inputs}
+    for task, spec in TASKS.items():
+        assert f"{spec.sample_steps}" in inputs["steps"].tooltip and task.value in inputs["steps"].tooltip
+        assert f"{spec.sample_shift:g}" in inputs["shift"].tooltip
+    loader = {i.id: i for i in classes["Wan22MGModelLoader"].GET_SCHEMA().inputs}
+    assert "40" in loader["ulysses_size"].tooltip and "24" in loader["ulysses_size"].tooltip
+
+
+def test_sampler_takes_the_loaders_output(v3):
+    classes, _ = v3
+    engine = classes["Wan22MGModelLoader"].GET_NODE_INFO_V1()["output"]
+    assert engine == ["WAN22MG_ENGINE"]
+    assert classes["Wan22MGSampler"].INPUT_TYPES()["required"]["engine"][0] == engine[0]
+    assert classes["Wan22MGDecode"].GET_NODE_INFO_V1()["output"] == ["IMAGE", "FLOAT", "AUDIO"]
 
 
 def test_pack_import_is_light():
-    """Importing the pack (as ComfyUI does) takes < 1 s and imports neither torch nor ComfyUI."""
+    """Importing the pack (as ComfyUI does) takes < 1 s and imports neither torch nor ComfyUI; the
+    node classes load only when ComfyUI calls comfy_entrypoint."""
     code = (
-        "import importlib.util, sys, time\n"
+        "import importlib.util, inspect, sys, time\n"
         "t = time.perf_counter()\n"
         f"spec = importlib.util.spec_from_file_location('wan22pack', {str(REPO / '__init__.py')!r},\n"
         f"    submodule_search_locations=[{str(REPO)!r}])\n"
         "m = importlib.util.module_from_spec(spec); sys.modules['wan22pack'] = m; spec.loader.exec_module(m)\n"
-        "print(time.perf_counter() - t, 'torch' in sys.modules, len(m.NODE_CLASS_MAPPINGS), m.WEB_DIRECTORY)\n")
+        "print(time.perf_counter() - t, 'torch' in sys.modules or 'comfy_api' in sys.modules,\n"
+        "      inspect.iscoroutinefunction(m.comfy_entrypoint), m.WEB_DIRECTORY)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
-    seconds, torch_loaded, count, web = out.stdout.split()
-    assert float(seconds) < 1.0 and torch_loaded == "False" and count == "7" and web == "./web"
+    seconds, heavy_loaded, entry, web = out.stdout.split()
+    assert float(seconds) < 1.0 and heavy_loaded == "False" and entry == "True" and web == "./web"
 
 
 # --------------------------------------------------------------------------------- conversions
@@ -150,8 +192,8 @@ def test_build_spec_uses_the_checkpoints_head_count(tmp_path):
     assert "num_heads" not in str(info.value)     # not a head-count problem: no note about it
 
 
-def test_loader_refuses_a_layout_before_any_worker(monkeypatch, tmp_path):
-    from nodes import engine_nodes
+def test_loader_refuses_a_layout_before_any_worker(v3, monkeypatch, tmp_path):
+    engine_nodes = importlib.import_module("nodes.engine_nodes")   # loaded by the v3 fixture
 
     _dit_config(tmp_path / "Tiny-T2V" / "high_noise_model", 2)
     monkeypatch.setattr(checkpoints, "_roots", lambda: [str(tmp_path)])
@@ -159,7 +201,7 @@ def test_loader_refuses_a_layout_before_any_worker(monkeypatch, tmp_path):
     monkeypatch.setattr(engine_nodes, "REGISTRY", reg)
     started = FakeClient.started
     with pytest.raises(ConfigError, match="ulysses_size=4"):
-        engine_nodes.Wan22MGModelLoader().load("t2v-A14B", "Tiny-T2V", 4, 4, False, False, False, False,
+        engine_nodes.Wan22MGModelLoader.execute("t2v-A14B", "Tiny-T2V", 4, 4, False, False, False, False,
                                                "none", "bf16", "auto", "cpu")
     assert FakeClient.started == started and reg.loads == 0
 
@@ -170,7 +212,7 @@ def test_build_request():
     assert r == GenerateRequest(prompt="a cat", neg_prompt=None, size=(64, 48), frame_num=5, steps=3,
                                 shift=12.0, solver=r.solver, seed=7, decode=True)
     assert r.solver.value == "dpm++" and r.guide_scale is None and r.boundary is None
-    routed = nodes.NODE_CLASS_MAPPINGS["Wan22MGExpertRouter"]().route(0.9, 3.5, 3.0)[0]
+    routed = ExpertRouting(0.9, GuideScale(low_noise=3.0, high_noise=3.5))
     r = build_request(Task.I2V_A14B, text, 64, 48, 5, 3, 5.0, "unipc", 7, experts=routed, image=torch.rand(1, 8, 8, 3))
     assert r.boundary == 0.9 and r.guide_scale == GuideScale(low_noise=3.0, high_noise=3.5)
     assert r.image.shape == (3, 8, 8)

@@ -122,8 +122,13 @@ def test_pack_imports_and_registers_every_node(comfy):
     for node_id in NODE_IDS:
         assert node_id in info, node_id
         assert info[node_id]["python_module"] == f"custom_nodes.{harness.PACK_NAME}"
+        # V3 schema: beside ComfyUI's own Wan nodes, found by "wan" in the node search.
+        assert info[node_id]["category"] == "model/conditioning/wan/multi-gpu", node_id
+        assert "wan" in info[node_id]["search_aliases"], node_id
+    assert info["WanImageToVideo"]["category"].startswith("model/conditioning/wan")
     loader = info["Wan22MGModelLoader"]["input"]["required"]
-    assert set(loader["checkpoint"][0]) == {"t2v-A14B", "i2v-A14B", "ti2v-5B", "s2v-14B", comfy.broken}
+    assert loader["checkpoint"][0] == "COMBO"            # V3 combos list their options in the dict
+    assert set(loader["checkpoint"][1]["options"]) == {"t2v-A14B", "i2v-A14B", "ti2v-5B", "s2v-14B", comfy.broken}
 
 
 def test_status_route(comfy):
@@ -142,7 +147,7 @@ _HIDDEN_JS = ("(type) => app.graph.nodes.filter((n) => n.type === type)[0]"
 def exported(comfy):
     """Every shipped workflow loaded in the real frontend (headless Chromium), exported to API
     format by it, and what the page showed on the way; the run tests queue these exports."""
-    seen = SimpleNamespace(api={}, missing={}, hidden={}, sampler_hidden={})
+    seen = SimpleNamespace(api={}, ui={}, missing={}, hidden={}, sampler_hidden={})
     with harness.Frontend(comfy.url) as fe:
         seen.registered = fe.registered()
         seen.extension = fe.js("() => (app.extensions || []).some((e) => e.name === 'wan22mg.ui')")
@@ -151,6 +156,7 @@ def exported(comfy):
             seen.missing[path.stem] = fe.missing_nodes(wf)
             fe.load(wf, path.name)
             seen.api[path.stem] = fe.export_api()
+            seen.ui[path.stem] = fe.serialize()
             seen.hidden[path.stem] = fe.js(_HIDDEN_JS, "Wan22MGModelLoader")
             seen.sampler_hidden[path.stem] = fe.js(_HIDDEN_JS, "Wan22MGSampler")
         # ulysses_size snaps to a degree that divides the head count; gpus follows it.
@@ -178,6 +184,13 @@ def test_workflows_load_in_the_frontend_and_export(exported):
         assert any(n["type"] in ("Note", "MarkdownNote") and "models/wan22/" in json.dumps(n.get("widgets_values"))
                    for n in wf["nodes"]), f"{path.name} has no note about models/wan22/"
         assert exported.missing[path.stem] == [], path.name
+        # The saved widget values survive the load (V3 schemas keep the V1 widget order; widgets
+        # added since come after them, at their defaults).
+        loaded = {n["id"]: n for n in exported.ui[path.stem]["nodes"]}
+        for node in wf["nodes"]:
+            saved, now = node.get("widgets_values") or [], loaded[node["id"]].get("widgets_values") or []
+            if node["type"].startswith("Wan22MG"):
+                assert now[:len(saved)] == saved, (path.name, node["type"], saved, now)
         api = exported.api[path.stem]
         assert by_class(api, "SaveVideo") and by_class(api, "Wan22MGSampler")
         # The web extension shows only the widgets that apply.

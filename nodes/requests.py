@@ -1,0 +1,97 @@
+"""Node inputs -> the engine's typed values (EngineSpec, GenerateRequest) and back.
+
+Pure functions, no ComfyUI import: the node families (engine_nodes, conditioning_nodes,
+sampling_nodes) call them, and tests/comfy/test_nodes.py checks them without a server.
+"""
+from __future__ import annotations
+
+from wan_core.config import (TASKS, AttentionBackend, EngineSpec, GenerateRequest, OffloadMode,
+                             ParallelConfig, ParamDtype, Solver, Task)
+from wan_core.errors import ConfigError, InputError
+
+from .convert import audio_to_comfy, image_to_engine
+from .types import WanLatent
+
+
+def parse_gpu_ids(text: str, count: int):
+    """'' -> None (the first `count` visible GPUs); '2,3' -> (2, 3)."""
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        ids = tuple(int(part) for part in text.replace(" ", "").split(",") if part != "")
+    except ValueError:
+        raise ConfigError(f"gpu_ids {text!r} must be comma-separated GPU numbers such as '0,1'") from None
+    if len(ids) != count:
+        raise ConfigError(f"gpu_ids {text!r} names {len(ids)} GPUs but gpus={count}; give one id per GPU")
+    return ids
+
+
+def build_spec(task: str, ckpt_dir: str, gpus: int, ulysses_size: int, cfg_parallel: bool,
+               dit_fsdp: bool, t5_fsdp: bool, t5_cpu: bool, offload: str, dtype: str, attention: str,
+               device: str, gpu_ids: str = "") -> EngineSpec:
+    """Widget values -> a validated EngineSpec (ConfigError names the value and the fix).
+
+    The layout is checked as every entry point checks it (`pipeline.parallelize.validate_spec`):
+    against the head count in the checkpoint's config.json (the official figure when it cannot be
+    read) and the offload rules. Here, before any worker starts, and before the registry ends an
+    idle group on the same GPUs to make room for a layout that would then fail."""
+    from wan_core.pipeline.parallelize import model_num_heads, validate, validate_spec
+
+    task_ = Task.parse(task)
+    if device not in ("cuda", "cpu"):
+        raise ConfigError(f"device {device!r}: choose 'cuda' or 'cpu'")
+    parallel = ParallelConfig(num_gpus=int(gpus), gpu_ids=parse_gpu_ids(gpu_ids, int(gpus)),
+                              ulysses_size=int(ulysses_size), cfg_parallel=bool(cfg_parallel),
+                              dit_fsdp=bool(dit_fsdp), t5_fsdp=bool(t5_fsdp), t5_cpu=bool(t5_cpu),
+                              offload=OffloadMode(offload))
+    spec = EngineSpec(task=task_, ckpt_dir=ckpt_dir, device=device, param_dtype=ParamDtype(dtype),
+                      parallel=parallel, attention=AttentionBackend(attention))
+    try:
+        validate_spec(spec)
+    except ConfigError as exc:
+        official = TASKS[task_]
+        try:
+            validate(parallel, num_heads=official.num_heads, moe=official.moe)
+        except ConfigError:
+            raise exc from None       # wrong whatever the head count
+        # Only this checkpoint's head count refuses the layout, and the widget's tooltip quotes the
+        # official figures: say where the other one comes from.
+        raise ConfigError(f"{exc} (this checkpoint's config.json has num_heads="
+                          f"{model_num_heads(task_, ckpt_dir)}; the official {task_.value} has "
+                          f"{official.num_heads})") from None
+    return spec
+
+
+def build_request(task: Task, text, width, height, length, steps, shift, sampler, seed,
+                  experts=None, image=None, audio=None) -> GenerateRequest:
+    """Node inputs -> the engine's request (the engine validates the values against the task)."""
+    spec = TASKS[task]
+    if image is not None and not spec.accepts_image:
+        raise InputError(f"{task.value} does not take an image; disconnect the image input or load "
+                         "i2v-A14B / ti2v-5B / s2v-14B")
+    if spec.needs_image and image is None:
+        raise InputError(f"{task.value} needs a start image: connect a LoadImage to the sampler's image input")
+    if task == Task.S2V_14B and audio is None:
+        raise InputError("s2v-14B needs audio: connect LoadAudio -> Wan2.2 Multi-GPU Speech (S2V) to the sampler's audio input")
+    if audio is not None and task != Task.S2V_14B:
+        raise InputError(f"{task.value} does not take audio; only s2v-14B does")
+    return GenerateRequest(
+        prompt=text.prompt, neg_prompt=text.negative or None, size=(int(width), int(height)),
+        frame_num=None if audio is not None else int(length),     # S2V: frames per clip are audio options
+        steps=int(steps), shift=float(shift),
+        guide_scale=experts.guide if experts is not None else None,
+        boundary=experts.boundary if experts is not None else None,
+        solver=Solver.parse(sampler), seed=int(seed),
+        image=image_to_engine(image) if image is not None else None,
+        audio=audio.audio if audio is not None else None,
+        s2v=audio.options if audio is not None else None, decode=True)
+
+
+def audio_for(latent: WanLatent, duration_s: float):
+    """S2V: the audio the engine aligned with the first frame, cut to the video's duration."""
+    track = latent.result.audio
+    if track is None:
+        return None
+    samples, rate = (track.samples, track.sample_rate) if hasattr(track, "samples") else track
+    return audio_to_comfy(samples[..., :int(round(duration_s * rate))], rate)
