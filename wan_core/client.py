@@ -16,6 +16,12 @@ message, traceback; `user_error` for a `WanEngineError` such as a bad input). Wh
 raised the same way the group stays usable; when only some did (the others are stuck in a
 collective) or a worker died, the whole group is killed and `alive` turns False: start a new
 client. A cancelled request raises `Cancelled(step)` and leaves the group ready for the next.
+
+Hangs: a watchdog (`runtime/watchdog.py`) ends the group when a rank falls silent (no heartbeat
+for max(30 s, 3 x the longest step)), does not acknowledge a Cancel within 10 s, or does not stop
+after one; `generate` then raises `WorkerFailure(rank, "WorkerHung", ...)` naming the rank and
+what it was doing, and `alive` turns False. Bounds: `EngineClient(watchdog=WatchdogConfig(...))`
+or the WAN_CORE_* variables of `WatchdogConfig.from_env`.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from .config import EngineSpec, GenerateRequest, GenerateResult
 from .errors import Cancelled, WorkerFailure
 from .runtime import protocol as P
 from .runtime.group import GroupDied, WorkerGroup
+from .runtime.watchdog import Watchdog, WatchdogConfig
 
 ERROR_GRACE_S = 5.0
 """After one rank raised, how long the others get to finish or raise too before the group is
@@ -67,10 +74,13 @@ class EngineClient:
 
     def __init__(self, spec: EngineSpec, *, start_timeout_s: float = 1800.0,
                  should_cancel: Optional[Callable[[], bool]] = None,
-                 on_progress: Optional[Callable[[P.ProgressEvent], None]] = None) -> None:
+                 on_progress: Optional[Callable[[P.ProgressEvent], None]] = None,
+                 watchdog: Optional[WatchdogConfig] = None) -> None:
         self.spec = spec
+        config = watchdog or WatchdogConfig.from_env()
         self._group = WorkerGroup(spec, start_timeout_s=start_timeout_s, should_cancel=should_cancel,
-                                  on_progress=on_progress)
+                                  on_progress=on_progress, heartbeat_s=config.heartbeat_s)
+        self._watchdog = Watchdog(self._group.world_size, self._group.pids, config)
         self._job_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._active: Optional[int] = None
@@ -172,16 +182,22 @@ class EngineClient:
         first_error_at = 0.0
         interrupt: Optional[BaseException] = None   # raised by on_progress or Ctrl-C
         cancel_sent = False
+        watchdog = self._watchdog
+        watchdog.begin(time.monotonic())
         while pending:
             try:
                 if not cancel_sent and (interrupt is not None or self._cancel_requested
                                         or (should_cancel is not None and should_cancel())):
-                    self._group.send(0, P.Cancel(rid))
+                    self._send_cancel(rid)
+                    watchdog.cancel_sent(time.monotonic())
                     cancel_sent = True
                 if errors and time.monotonic() - first_error_at > ERROR_GRACE_S:
                     failure = errors[0].to_exception()
                     self._group.fail(failure)   # the others are stranded in a collective
                     raise _copy(failure)
+                hung = self._check_watchdog()
+                if hung is not None:
+                    raise hung
                 try:
                     ev = self._group.events.get(timeout=_POLL_S)
                 except queue.Empty:
@@ -197,7 +213,12 @@ class EngineClient:
             msg = ev.msg
             if getattr(msg, "request_id", None) != rid:
                 continue
+            if isinstance(msg, P.CancelAck):
+                watchdog.acked(ev.rank)
+                continue
             if isinstance(msg, P.ProgressEvent):
+                if msg.phase == "denoise" and ev.rank == 0:
+                    watchdog.step_seen(time.monotonic(), msg.step)
                 if on_progress is not None and interrupt is None:
                     try:
                         on_progress(msg)
@@ -205,6 +226,7 @@ class EngineClient:
                         interrupt = exc
                 continue
             pending.discard(ev.rank)
+            watchdog.done(ev.rank)
             if isinstance(msg, P.Finished) and ev.rank == 0:
                 result = msg.result
             elif isinstance(msg, P.Stopped):
@@ -220,3 +242,25 @@ class EngineClient:
         if result is None:
             raise Cancelled(stopped_step)
         return result
+
+    def _send_cancel(self, rid: int) -> None:
+        """Cancel to every rank: rank 0's flag decides the stop (broadcast at the next step
+        boundary); every rank acknowledges at once, which tells the watchdog it is alive."""
+        for rank in range(self._group.world_size):
+            try:
+                self._group.send(rank, P.Cancel(rid))
+            except WorkerFailure:
+                if rank == 0 or not self.alive:
+                    raise
+
+    def _check_watchdog(self) -> Optional[WorkerFailure]:
+        """The watchdog's verdict on the running request; on one, the group is ended first."""
+        watchdog = self._watchdog
+        for rank, (heard_at, phase) in list(self._group.last_heard.items()):
+            watchdog.heard(rank, heard_at, phase)
+        failure = watchdog.check(time.monotonic())
+        if failure is None:
+            return None
+        failure.traceback = self._group.log_tail(failure.rank)
+        self._group.fail(failure)
+        return _copy(self._group.failure or failure)

@@ -13,6 +13,7 @@ from wan_core.config import EngineSpec, GenerateRequest, GenerateResult, Task
 from wan_core.errors import Cancelled, WorkerFailure
 from wan_core.runtime import protocol as P
 from wan_core.runtime.group import GroupDied, RankMessage
+from wan_core.runtime.watchdog import Watchdog, WatchdogConfig
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -28,6 +29,11 @@ class ScriptedGroup:
         self.failed = None
         self.alive = True
         self.failure = None
+        self.last_heard: dict = {}
+        self.pids = [0] * world_size
+
+    def log_tail(self, rank) -> str:
+        return ""
 
     def send(self, rank, msg) -> None:
         self.sent.append((rank, msg))
@@ -50,6 +56,7 @@ def _client(group) -> EngineClient:
     c._ids = iter(range(1, 100))
     c._active = None
     c._cancel_requested = False
+    c._watchdog = Watchdog(group.world_size, group.pids, WatchdogConfig())
     return c
 
 
@@ -111,8 +118,29 @@ def test_progress_exception_cancels_then_reraises():
     g = ScriptedGroup(2, script)
     with pytest.raises(Interrupt):
         _client(g).generate(REQ, on_progress=on_progress)
-    assert [type(m).__name__ for r, m in g.sent] == ["Generate", "Generate", "Cancel"]
-    assert g.sent[-1][0] == 0 and g.failed is None
+    assert [type(m).__name__ for r, m in g.sent] == ["Generate", "Generate", "Cancel", "Cancel"]
+    assert [r for r, m in g.sent[2:]] == [0, 1] and g.failed is None     # Cancel to every rank
+
+
+def test_cancel_not_acknowledged_ends_the_group_naming_the_rank():
+    """Rank 1 never answers (a stopped process): after Cancel, the watchdog's ack bound ends the
+    group; the failure names rank 1 and what it last reported."""
+    def script(rank, msg, g):
+        if isinstance(msg, P.Generate) and rank == 0:
+            g.post(0, P.ProgressEvent(msg.request_id, "denoise", 1, 4))
+        if isinstance(msg, P.Cancel) and rank == 0:
+            g.post(0, P.CancelAck(msg.request_id, 0, "generating: denoise 1/4"))
+
+    g = ScriptedGroup(2, script)
+    c = _client(g)
+    c._watchdog = Watchdog(2, g.pids, WatchdogConfig(silence_s=60, cancel_ack_s=0.5))
+    g.last_heard = {1: (0.0, "generating: denoise 2/4")}
+    with pytest.raises(WorkerFailure) as info:
+        c.generate(REQ, should_cancel=lambda: True)
+    f = info.value
+    assert f.rank == 1 and f.exc_type == "WorkerHung" and g.failed is not None
+    assert "did not acknowledge Cancel within 0.5 s" in f.message
+    assert "generating: denoise 2/4" in f.message
 
 
 def test_stale_events_and_result():

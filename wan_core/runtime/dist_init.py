@@ -1,4 +1,5 @@
-"""Joining a process group: for our own workers (a TCPStore from the client) and under torchrun.
+"""Joining a process group: for our own workers (a FileStore in the group's private folder) and
+under torchrun (torchrun's own store: multi-host is torchrun's business, explicitly launched).
 
 NCCL on CUDA (one visible GPU per worker, so always `cuda:<local index>`), gloo on CPU. The
 DistContext built afterwards adds the Ulysses/CFG sub-groups and the gloo control group that
@@ -13,12 +14,25 @@ from typing import Callable, Optional
 from ..config import EngineSpec, GenerateRequest, GenerateResult
 from ..errors import ConfigError
 
+NCCL_WATCHDOG_ENV = {
+    # A collective that fails or times out (PG_TIMEOUT_S) aborts its communicators and ends the
+    # process, which the supervisor reports with the log (where NCCL's watchdog wrote why).
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1",
+    # NCCL's own watchdog thread stuck in a CUDA call (a wedged driver) for this long: the
+    # process is ended (default 480 s); the same order as the client's stop bound
+    # (runtime/watchdog.py).
+    "TORCH_NCCL_ENABLE_MONITORING": "1",
+    "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "120",
+}
+"""NCCL's watchdog settings, matched to the client's (`runtime/watchdog.py`); defaults a user may
+override in the environment."""
+
 
 def init_distributed(spec: EngineSpec, rank: int, world_size: int, *, store=None,
                      local_device: int = 0, timeout_s: float = 1800.0):
     """`init_process_group` for this rank, then the DistContext of `spec.parallel`.
 
-    `store`: a `torch.distributed.Store` (our workers: a PrefixStore over the client's TCPStore);
+    `store`: a `torch.distributed.Store` (our workers: a PrefixStore over the group's FileStore);
     None reads the torchrun environment (`env://`)."""
     import torch
     import torch.distributed as dist
@@ -31,6 +45,8 @@ def init_distributed(spec: EngineSpec, rank: int, world_size: int, *, store=None
                 f"device 'cuda' was asked for but rank {rank} sees no GPU "
                 f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); use device 'cpu' "
                 "or check the GPU ids")
+        for key, value in NCCL_WATCHDOG_ENV.items():   # read when the NCCL group is created
+            os.environ.setdefault(key, value)
         torch.cuda.set_device(local_device)
         device = torch.device("cuda", local_device)
         backend = "nccl"

@@ -7,11 +7,15 @@ Decisions and their reasons are in docs/runtime.md (§9 is the checklist):
   each child has its own environment (one physical GPU, OMP threads), its own session (so a
   `killpg` reaches its grandchildren), its stdout/stderr in a per-rank log file, and the pack root
   on PYTHONPATH (it imports `wan_core` top-level, like the parent).
-- Rendezvous: a TCPStore the parent binds on port 0 (no fixed port, no race between groups).
-- Control: an AF_UNIX `Listener` in a private (0700) temporary folder with a random authkey; each
-  rank connects, says Hello, gets its `WorkerConfig`, and answers Ready or Failed.
+- Nothing listens beyond this machine: the rendezvous is a `FileStore` in the group's private (0700)
+  temporary folder (no TCP store: torch's TCPStore binds every interface, even when given
+  127.0.0.1), gloo and NCCL's bootstrap are bound to the loopback interface (`child_envs`), and
+  control is an AF_UNIX `Listener` in the same folder with a random authkey; each rank connects,
+  says Hello, gets its `WorkerConfig`, and answers Ready or Failed. Single machine only: there is
+  no multi-host worker group (multi-host means torchrun, explicitly; docs/architecture.md).
 - Supervision: one thread waits (`multiprocessing.connection.wait`) on a pidfd per worker and on
-  every connection. A rank that dies unasked takes the group down at once (SIGTERM to every
+  every connection, and notes when each rank was last heard from (`last_heard`: heartbeats
+  included), for the client's watchdog (`runtime/watchdog.py`). A rank that dies unasked takes the group down at once (SIGTERM to every
   worker's process group, SIGKILL after `TERM_GRACE_S`) and is reported as a `WorkerFailure`
   naming the rank, its exit status and the tail of its log. Crash-only: no partial recovery.
 - Orphans: workers exit when the lifeline pipe closes (the parent died or exec'd) and by
@@ -85,9 +89,13 @@ class WorkerGroup:
 
     def __init__(self, spec: EngineSpec, *, start_timeout_s: float = 1800.0,
                  should_cancel: Optional[Callable[[], bool]] = None,
-                 on_progress: Optional[Callable[[P.ProgressEvent], None]] = None) -> None:
+                 on_progress: Optional[Callable[[P.ProgressEvent], None]] = None,
+                 heartbeat_s: float = 1.0) -> None:
         check_start(spec)   # ConfigError for an impossible spec before anything is created
         self.spec = spec
+        self.heartbeat_s = heartbeat_s
+        self.last_heard: dict[int, tuple[float, str]] = {}
+        """rank -> (time.monotonic() of its last message, its phase as last reported)."""
         self.world_size = spec.parallel.num_gpus
         self.events: "queue.Queue[GroupEvent]" = queue.Queue()
         self.failure: Optional[WorkerFailure] = None
@@ -108,7 +116,6 @@ class WorkerGroup:
         self._lifeline_w: Optional[int] = None
         self._wake_r, self._wake_w = os.pipe()
         self._listener = None
-        self._store = None
         self._supervisor: Optional[threading.Thread] = None
         self._acceptor: Optional[threading.Thread] = None
         sweep_stale_groups()
@@ -135,17 +142,16 @@ class WorkerGroup:
         return os.path.join(self._dir, f"rank{rank}.log")
 
     def _start(self) -> None:
-        import torch.distributed as dist
-
         spec = self.spec
         if not os.path.isabs(spec.ckpt_dir):   # workers run in the pack root
             self.spec = spec = replace(spec, ckpt_dir=os.path.abspath(spec.ckpt_dir))
         authkey = secrets.token_bytes(32)
         self._sock_path = os.path.join(self._dir, "control.sock")
         self._listener = Listener(self._sock_path, family="AF_UNIX", authkey=authkey)
-        self._store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-        self._config = dict(spec=spec, world_size=self.world_size, store_port=self._store.port,
-                            store_prefix=self._token, pg_timeout_s=PG_TIMEOUT_S)
+        self.store_path = os.path.join(self._dir, "store")   # created by the workers
+        self._config = dict(spec=spec, world_size=self.world_size, store_path=self.store_path,
+                            store_prefix=self._token, pg_timeout_s=PG_TIMEOUT_S,
+                            heartbeat_s=self.heartbeat_s)
         envs = child_envs(spec, authkey)
         lifeline_r, self._lifeline_w = os.pipe()
         try:
@@ -211,7 +217,7 @@ class WorkerGroup:
                 late = min(set(range(self.world_size)) - set(ready))
                 raise WorkerFailure(late, "TimeoutError",
                                     f"worker rank {late} was not ready in time (still loading?)",
-                                    self._log_tail(late))
+                                    self.log_tail(late))
             try:
                 ev = self.events.get(timeout=0.1)
             except queue.Empty:
@@ -278,6 +284,12 @@ class WorkerGroup:
                                     f"cannot read a message from worker rank {rank}: {exc!r}",
                                     traceback.format_exc()))
             return
+        phase = getattr(msg, "phase", None)
+        if not isinstance(phase, str) or isinstance(msg, P.ProgressEvent):
+            phase = self.last_heard.get(rank, (0.0, ""))[1]
+        self.last_heard[rank] = (time.monotonic(), phase)
+        if isinstance(msg, P.Heartbeat):
+            return
         if isinstance(msg, P.RankStatus):
             with self._status_cv:
                 self._status_replies.setdefault(msg.query_id, {})[rank] = msg
@@ -304,9 +316,9 @@ class WorkerGroup:
             return failed.to_exception()
         pid = self._procs[rank].pid
         return WorkerFailure(rank, "WorkerDied", f"worker rank {rank} (pid {pid}) {describe_exit(code)}",
-                             self._log_tail(rank))
+                             self.log_tail(rank))
 
-    def _log_tail(self, rank: int) -> str:
+    def log_tail(self, rank: int) -> str:
         try:
             with open(self.log_path(rank), "rb") as f:
                 f.seek(0, os.SEEK_END)
@@ -340,7 +352,7 @@ class WorkerGroup:
             if self.failure is not None:
                 raise self.failure from exc
             raise WorkerFailure(rank, type(exc).__name__, f"cannot reach worker rank {rank}: {exc}",
-                                self._log_tail(rank)) from exc
+                                self.log_tail(rank)) from exc
 
     def query_status(self, timeout_s: float = 2.0) -> dict[int, P.RankStatus]:
         """Ask every rank for its RankStatus; ranks that do not answer in time are left out."""
@@ -368,6 +380,7 @@ class WorkerGroup:
                 os.close(self._lifeline_w)
                 self._lifeline_w = None
             self._signal_all(signal.SIGTERM)
+            self._signal_all(signal.SIGCONT)   # a stopped (SIGSTOP) rank takes its SIGTERM now
             deadline = time.monotonic() + TERM_GRACE_S
             while time.monotonic() < deadline and any(exit_status(p.pid) is None for p in self._procs):
                 time.sleep(0.02)
@@ -409,7 +422,6 @@ class WorkerGroup:
             for fd in (self._wake_r, self._wake_w):
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            self._store = None
             sweep(self._token)
             shutil.rmtree(self._dir, ignore_errors=True)
             if self.failure is None:

@@ -4,8 +4,14 @@
    worker gets the read end through `pass_fds`. A daemon thread blocks in `read()`; end-of-file
    means the parent exited, was killed, or `execv`ed (ComfyUI-Manager's restart), and the worker
    exits at once, whatever its main thread is doing.
-2. `PR_SET_PDEATHSIG(SIGKILL)`: the kernel kills the worker when the thread that spawned it ends,
-   so the parent spawns from one long-lived thread (`group._Spawner`). Second line only.
+2. `PR_SET_PDEATHSIG(SIGTERM)`: the kernel signals the worker when the thread that spawned it ends,
+   so the parent spawns from one long-lived thread (`processes.Spawner`). Second line. SIGTERM, not
+   SIGKILL, so that the worker removes the group's private folder and shared memory itself
+   (`take_sigterm`): SIGKILL used to beat the lifeline thread and leave them to a later sweep.
+3. `take_sigterm`: SIGTERM is blocked in every thread and taken by one thread with `sigwait`
+   (which needs no Python signal handler, so it works while the main thread sits in a C call or a
+   collective), which cleans up and exits. A process whose GIL is held for good runs neither
+   thread: the client's SIGKILL after its grace period and the stale-group sweep remain.
 """
 from __future__ import annotations
 
@@ -40,14 +46,50 @@ def watch_lifeline(fd: int, before_exit: Optional[Callable[[], None]] = None) ->
     return thread
 
 
-def die_with_parent(expected_ppid: int) -> None:
-    """Ask the kernel for SIGKILL when the parent (thread) dies; exit now if it already has."""
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+def lifeline_closed(fd: int, wait_s: float = 0.0) -> bool:
+    """True once the lifeline's writer is gone (the parent died, or closed it to tear the group
+    down), waiting up to `wait_s` for it. The parent-death signal comes when the *spawning thread*
+    exits, which may be a moment before the dying parent's files (the lifeline) are closed."""
+    import select
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    return bool(poller.poll(int(wait_s * 1000)))   # the parent never writes: any event is the end
+
+
+def take_sigterm(before_exit: Callable[[], None]) -> threading.Thread:
+    """Block SIGTERM in the calling (main) thread, and so in every thread started after it, and
+    take it in a daemon thread of its own: `before_exit()`, then exit 143. Call it first."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def run() -> None:
+        signal.sigwait({signal.SIGTERM})
+        try:
+            before_exit()
+        finally:
+            os._exit(EXIT_TERMINATED)
+
+    thread = threading.Thread(target=run, name="wan-sigterm", daemon=True)
+    thread.start()
+    return thread
+
+
+def die_with_parent(expected_ppid: int, sig: int = signal.SIGKILL,
+                    before_exit: Optional[Callable[[], None]] = None) -> None:
+    """Ask the kernel for `sig` when the parent (thread) dies; exit now if it already has."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         except (OSError, AttributeError):
             pass
     # prctl does nothing if the parent was already gone: we would have been re-parented.
     if os.getppid() != expected_ppid:
-        os._exit(EXIT_PARENT_GONE)
+        try:
+            if before_exit is not None:
+                before_exit()
+        finally:
+            os._exit(EXIT_PARENT_GONE)

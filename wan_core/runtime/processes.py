@@ -18,6 +18,7 @@ from typing import Callable, Optional
 
 from ..config import EngineSpec, ParallelConfig
 from ..errors import ConfigError
+from .dist_init import NCCL_WATCHDOG_ENV
 from .protocol import AUTHKEY_ENV
 from .transport import sweep
 
@@ -26,6 +27,11 @@ PACK_ROOT = Path(__file__).resolve().parents[2]
 OWNER_FILE = "owner.json"
 """In each group's private folder: who started the group (pid, start time, token, worker pids)."""
 
+LOOPBACK_ENV = {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
+"""gloo's pair sockets and NCCL's bootstrap listen on the loopback interface only (by default they
+bind the address the host name resolves to, often the machine's public one). Workers of one group
+share one machine, so nothing is lost; NCCL's data paths on one node (P2P, NVLink, SHM) use no
+sockets at all."""
 _TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
                  "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "GROUP_WORLD_SIZE")
 
@@ -206,6 +212,7 @@ def child_envs(spec: EngineSpec, authkey: bytes) -> list[dict]:
     base["PYTHONPATH"] = os.pathsep.join(
         [str(PACK_ROOT)] + [p for p in base.get("PYTHONPATH", "").split(os.pathsep) if p])
     base["PYTHONUNBUFFERED"] = "1"
+    base.update(LOOPBACK_ENV)     # forced, not defaulted: a single-machine group never listens outside
     base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // n)))
     base[AUTHKEY_ENV] = authkey.hex()
     if spec.device == "cuda":
@@ -215,6 +222,8 @@ def child_envs(spec: EngineSpec, authkey: bytes) -> list[dict]:
                                 torch.cuda.device_count)
         # ComfyUI's cuda_malloc.py puts cudaMallocAsync in the environment; workers choose.
         base["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
+        for key, value in NCCL_WATCHDOG_ENV.items():
+            base.setdefault(key, value)
     else:
         gpus = [""] * n   # CPU ranks never touch a GPU
     return [dict(base, CUDA_VISIBLE_DEVICES=gpus[r]) for r in range(n)]

@@ -10,10 +10,12 @@ One connection per rank; the client talks to every rank, only rank 0 answers wit
     WorkerConfig ->                           init_process_group, load the engine
                      <- Ready | Failed        (Failed: the worker exits afterwards)
     Generate(id) ->  (to every rank)
-    Cancel(id)   ->  (rank 0 only)
+    Cancel(id)   ->  (every rank; rank 0's decides the stop)
+                     <- CancelAck             (every rank, at once, from its reader thread)
                      <- ProgressEvent         (rank 0, while it runs)
                      <- Finished | Stopped | Failed   (every rank, one per request)
     StatusQuery  ->  <- RankStatus            (answered while busy, from a reader thread)
+                     <- Heartbeat             (every rank, every heartbeat_s, from its own thread)
     Shutdown     ->                           the worker exits
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any, Optional
 from ..config import EngineSpec, GenerateRequest
 from ..errors import WanEngineError, WorkerFailure
 
-PROTOCOL_VERSION = 2     # 2: Generate.preview, ProgressEvent.preview
+PROTOCOL_VERSION = 3     # 2: Generate.preview, ProgressEvent.preview; 3: FileStore, Heartbeat, CancelAck
 AUTHKEY_ENV = "WAN_CORE_WORKER_AUTHKEY"
 """Environment variable that hands a worker the listener's authkey (popped at once)."""
 
@@ -43,10 +45,11 @@ class WorkerConfig:
 
     spec: EngineSpec
     world_size: int
-    store_port: int
+    store_path: str          # the rendezvous: a FileStore in the group's private (0700) folder
     store_prefix: str
     pg_timeout_s: float
     shm_prefix: str          # names of the shared-memory segments this rank creates start with it
+    heartbeat_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,26 @@ class Generate:
 @dataclass(frozen=True)
 class Cancel:
     request_id: int
+
+
+@dataclass(frozen=True)
+class CancelAck:
+    """A rank received Cancel (sent by its reader thread at once: the process is alive). It stops
+    at the next step boundary, where every rank agrees on rank 0's flag."""
+
+    request_id: int
+    rank: int
+    phase: str
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Sent every `WorkerConfig.heartbeat_s` by a thread of the rank's own: the process is alive.
+    `phase` is what its main thread is doing ('generating: denoise 3/40'), for `phase_s` seconds."""
+
+    rank: int
+    phase: str
+    phase_s: float
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,13 @@ Order matters: the lifeline watchdog and the parent-death signal come first (not
 the client), then the control connection (Hello -> WorkerConfig), then the process group and the
 engine, loaded once. While idle the rank blocks on its own connection, never in a collective
 (collectives time out; docs/runtime.md §2.3). A reader thread takes every message so that a cancel
-or a status query is served while the main thread runs the engine.
+or a status query is served while the main thread runs the engine, and a heartbeat thread tells the
+client every `heartbeat_s` that the process is alive and what it is doing (the client's watchdog,
+`runtime/watchdog.py`, ends a group whose rank falls silent).
+
+Rendezvous: a `FileStore` in the group's private (0700) folder; gloo and NCCL's bootstrap are bound
+to the loopback interface by the environment the client gives (`processes.child_envs`): nothing a
+worker opens listens beyond this machine.
 """
 from __future__ import annotations
 
@@ -14,16 +20,18 @@ import os
 import platform
 import queue
 import shutil
+import signal
 import sys
 import threading
 import time
 import traceback
 from multiprocessing.connection import Client
-from typing import Optional
+from typing import Callable, Optional
 
 from ..errors import Cancelled
 from . import protocol as P
-from .lifeline import EXIT_PARENT_GONE, die_with_parent, watch_lifeline
+from .lifeline import (EXIT_PARENT_GONE, die_with_parent, lifeline_closed, take_sigterm,
+                       watch_lifeline)
 from .transport import Channel, sweep
 
 
@@ -71,15 +79,36 @@ def _versions() -> dict:
 
 
 class Worker:
-    def __init__(self, rank: int, cfg: P.WorkerConfig, channel: Channel) -> None:
+    def __init__(self, rank: int, cfg: P.WorkerConfig, channel: Channel,
+                 on_parent_gone: Optional[Callable[[], None]] = None) -> None:
         self.rank = rank
+        self.on_parent_gone = on_parent_gone
         self.cfg = cfg
         self.channel = channel
-        self.phase = "starting"
+        self._phase = "starting"
+        self._phase_at = time.monotonic()
         self.device = None
         self.engine = None
         self.jobs: "queue.SimpleQueue[Optional[P.Generate]]" = queue.SimpleQueue()
         self._cancel: dict[int, threading.Event] = {}
+
+    @property
+    def phase(self) -> str:
+        """What the main thread is doing ('loading: ...', 'generating: denoise 3/40', 'idle')."""
+        return self._phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        if value != self._phase:
+            self._phase, self._phase_at = value, time.monotonic()
+
+    def heartbeat_loop(self) -> None:
+        """Every `heartbeat_s`: a Heartbeat, from this thread whatever the main thread does (a
+        kernel, a collective). Only a stopped or frozen process falls silent."""
+        while True:
+            time.sleep(self.cfg.heartbeat_s)
+            self._send(P.Heartbeat(rank=self.rank, phase=self._phase,
+                                   phase_s=time.monotonic() - self._phase_at))
 
     # -- messages (reader thread) ---------------------------------------------------------------
 
@@ -88,7 +117,11 @@ class Worker:
             try:
                 msg = self.channel.recv()
             except (EOFError, OSError):
-                self._exit(EXIT_PARENT_GONE)   # the client hung up: nothing left to serve
+                # The client hung up: it died (often noticed here first, before the lifeline
+                # thread runs: clean up for it) or it is tearing the group down.
+                if self.on_parent_gone is not None:
+                    self.on_parent_gone()
+                self._exit(EXIT_PARENT_GONE)
             except Exception:  # noqa: BLE001 - an unreadable message: die loudly, the client reports it
                 traceback.print_exc()
                 self._exit(1)
@@ -99,6 +132,7 @@ class Worker:
                 event = self._cancel.get(msg.request_id)
                 if event is not None:
                     event.set()
+                self._send(P.CancelAck(request_id=msg.request_id, rank=self.rank, phase=self.phase))
             elif isinstance(msg, P.StatusQuery):
                 self._send(P.RankStatus(rank=self.rank, pid=os.getpid(), phase=self.phase,
                                         device=str(self.device or "?"),
@@ -134,8 +168,8 @@ class Worker:
         from .dist_init import init_distributed
 
         self.phase = "joining the process group"
-        store = dist.TCPStore("127.0.0.1", self.cfg.store_port, is_master=False,
-                              timeout=_td(self.cfg.pg_timeout_s))
+        store = dist.FileStore(self.cfg.store_path, self.cfg.world_size)
+        store.set_timeout(_td(self.cfg.pg_timeout_s))
         ctx = init_distributed(self.cfg.spec, self.rank, self.cfg.world_size,
                                store=dist.PrefixStore(self.cfg.store_prefix, store),
                                timeout_s=self.cfg.pg_timeout_s)
@@ -217,21 +251,33 @@ def main(argv: Optional[list[str]] = None) -> int:
     own_shm = f"{args.token}r{args.rank}_"
 
     def orphaned() -> None:
-        # The lifeline closed: the client died or exec'd (and cannot clean up), or it is tearing
-        # the group down (and will not mind). The group's segments and private folder go.
+        # The client died or exec'd (and cannot clean up), or it is tearing the group down (and
+        # will not mind). The group's segments and private folder go, from every rank that gets
+        # here first: no later sweep is needed.
         sweep(args.token)
         folder = os.path.dirname(os.path.abspath(args.control))
         if os.path.basename(folder).startswith("wan_core-"):
             shutil.rmtree(folder, ignore_errors=True)
 
+    def terminated() -> None:
+        # SIGTERM: the parent-death signal or the client's teardown (both close the lifeline: the
+        # group's files go), or someone else's (the client reports this rank's death with its
+        # log: leave the folder).
+        if lifeline_closed(args.lifeline_fd, wait_s=1.0):
+            orphaned()
+        else:
+            sweep(own_shm)
+
+    take_sigterm(terminated)    # first: every thread started later inherits the blocked SIGTERM
     watch_lifeline(args.lifeline_fd, before_exit=orphaned)
-    die_with_parent(args.parent_pid)
+    die_with_parent(args.parent_pid, signal.SIGTERM, before_exit=orphaned)
     authkey = bytes.fromhex(os.environ.pop(P.AUTHKEY_ENV))
     channel = Channel(Client(args.control, family="AF_UNIX", authkey=authkey), shm_prefix=own_shm)
     channel.send(P.Hello(rank=args.rank, pid=os.getpid()))
     cfg: P.WorkerConfig = channel.recv()
-    worker = Worker(args.rank, cfg, channel)
+    worker = Worker(args.rank, cfg, channel, on_parent_gone=orphaned)
     threading.Thread(target=worker.read_loop, name="wan-reader", daemon=True).start()
+    threading.Thread(target=worker.heartbeat_loop, name="wan-heartbeat", daemon=True).start()
 
     t0 = time.perf_counter()
     try:

@@ -1,0 +1,140 @@
+"""Issue 15 on real gloo worker groups (CPU, tiny T2V): a stopped rank never hangs the client,
+nothing listens beyond this machine, and a dead client's workers clean up after it themselves."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from test_runtime import DRIVER, REQUEST, _kill_all, _leftovers, _spec, _wait_gone
+from tests._sockets import exposed, listening
+from wan_core import GenerateRequest
+from wan_core.client import EngineClient
+from wan_core.errors import WorkerFailure
+from wan_core.runtime.watchdog import WatchdogConfig
+
+LONG = GenerateRequest(**{**REQUEST.__dict__, "steps": 40})
+
+
+@pytest.fixture(scope="module")
+def t2v_ckpt(tiny_dir, tmp_path_factory) -> Path:
+    from tests.parity._tiny import task_ckpt
+
+    return task_ckpt(tiny_dir, "t2v-A14B", tmp_path_factory.mktemp("ckpt"))
+
+
+class StopAtDenoise:
+    """on_progress: SIGSTOP `pid` at the first denoise step; optionally scan sockets first."""
+
+    def __init__(self, pid: int, scan=None) -> None:
+        self.pid, self.scan = pid, scan
+        self.stopped_at = None
+        self.sockets = None
+
+    def __call__(self, event) -> None:
+        if event.phase == "denoise" and self.stopped_at is None:
+            if self.scan is not None:
+                self.sockets = self.scan()
+            os.kill(self.pid, signal.SIGSTOP)
+            self.stopped_at = time.monotonic()
+
+
+def _shm(token: str) -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if n.startswith(token)]
+
+
+def _check_ended(client, pids, folder, token) -> None:
+    assert not client.alive and _leftovers(pids) == []       # killed before the exception surfaced
+    client.close()
+    assert not os.path.exists(folder) and _shm(token) == []
+
+
+@pytest.mark.timeout(120)
+def test_stopped_rank_without_cancel_is_found_by_silence(t2v_ckpt):
+    """SIGSTOP rank 1 mid-run, no Cancel: with a 2 s silence bound the request fails in a few
+    seconds naming rank 1 (stopped, at its step); every process and file of the group is gone.
+    Before it, a socket scan of this process and the workers while they run: every listening
+    socket is loopback-only or a Unix socket in a 0700 folder (the store is a file, gloo is on lo)."""
+    cfg = WatchdogConfig(heartbeat_s=0.2, silence_s=2.0)
+    client = EngineClient(_spec(t2v_ckpt, 2), start_timeout_s=120, watchdog=cfg)
+    pids, folder, token = client.pids, client._group._dir, client._group._token
+    everyone = [os.getpid(), *pids]
+    stop = StopAtDenoise(pids[1], scan=lambda: [(s, s.problem()) for s in listening(everyone)])
+    try:
+        with pytest.raises(WorkerFailure) as info:
+            client.generate(LONG, on_progress=stop)
+        elapsed = time.monotonic() - stop.stopped_at
+        f = info.value
+        assert f.rank == 1 and f.exc_type == "WorkerHung", f
+        assert "sent nothing for" in f.message and "stopped (SIGSTOP" in f.message, f.message
+        assert "generating: denoise" in f.message and str(pids[1]) in f.message
+        assert 2.0 < elapsed < 10.0, elapsed
+        _check_ended(client, pids, folder, token)
+        # The scan saw the workers' gloo pairs (TCP on loopback) and the control socket.
+        kinds = {(s.kind, s.pid == os.getpid()) for s, _ in stop.sockets}
+        assert ("tcp", False) in kinds and ("unix", True) in kinds, stop.sockets
+        bad = [(s, why) for s, why in stop.sockets if why]
+        assert bad == [], bad
+        assert exposed(everyone) == []
+    finally:
+        client.close()
+        _kill_all(pids)
+
+
+@pytest.mark.timeout(120)
+def test_stopped_rank_then_cancel_ends_the_group_then_a_new_one_runs(t2v_ckpt):
+    """SIGSTOP rank 1, then Cancel: rank 0 acknowledges, rank 1 cannot; after the ack bound the
+    group is ended naming rank 1; a new client on the same spec runs the request."""
+    cfg = WatchdogConfig(heartbeat_s=0.2, silence_s=60.0, cancel_ack_s=2.0)
+    client = EngineClient(_spec(t2v_ckpt, 2), start_timeout_s=120, watchdog=cfg)
+    pids, folder, token = client.pids, client._group._dir, client._group._token
+    stop = StopAtDenoise(pids[1])
+    try:
+        with pytest.raises(WorkerFailure) as info:
+            client.generate(LONG, on_progress=stop, should_cancel=lambda: stop.stopped_at is not None)
+        elapsed = time.monotonic() - stop.stopped_at
+        f = info.value
+        assert f.rank == 1 and f.exc_type == "WorkerHung"
+        assert "did not acknowledge Cancel within 2 s" in f.message and "stopped (SIGSTOP" in f.message
+        assert elapsed < 8.0, elapsed
+        _check_ended(client, pids, folder, token)
+    finally:
+        client.close()
+        _kill_all(pids)
+    with EngineClient(_spec(t2v_ckpt, 2), start_timeout_s=120, watchdog=cfg) as fresh:
+        assert fresh.generate(REQUEST).latent.shape == (16, 2, 6, 8)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_dead_client_workers_remove_its_folder_and_shm(t2v_ckpt, sig):
+    """The process that owns the group dies (SIGKILL, or SIGTERM, which Python does not catch):
+    the workers exit and remove the group's private folder and shared memory themselves (no
+    later sweep needed)."""
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(repo=str(REPO), ckpt=str(t2v_ckpt), n=2)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        line = driver.stdout.readline()
+        assert line.startswith("PIDS"), line + driver.stderr.read()
+        folder = line.split()[1]
+        pids = [int(p) for p in line.split()[2:]]
+        assert os.path.isdir(folder) and Path(folder).parent == Path(tempfile.gettempdir())
+        driver.send_signal(sig)
+        driver.wait()
+        assert _wait_gone(pids, 5) == []
+        deadline = time.monotonic() + 5
+        while os.path.exists(folder) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(folder)
+    finally:
+        driver.kill()
+        driver.wait()
+        _kill_all(pids)
