@@ -74,7 +74,7 @@ def test_stopped_rank_without_cancel_is_found_by_silence(t2v_ckpt):
         f = info.value
         assert f.rank == 1 and f.exc_type == "WorkerHung", f
         assert "sent nothing for" in f.message and "stopped (SIGSTOP" in f.message, f.message
-        assert "generating: denoise" in f.message and str(pids[1]) in f.message
+        assert "it was generating" in f.message and str(pids[1]) in f.message
         assert 2.0 < elapsed < 10.0, elapsed
         _check_ended(client, pids, folder, token)
         # The scan saw the workers' gloo pairs (TCP on loopback) and the control socket.
