@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import (TASKS, AttentionBackend, EngineSpec, GenerateRequest, GuideScale, OffloadMode,
+from .config import (TASKS, AttentionBackend, EngineSpec, GenerateRequest, GuideScale, ModelFiles, OffloadMode, WeightsMode,
                      ParallelConfig, ParamDtype, Solver, Task, parse_size)
 from .errors import Cancelled, ConfigError, WanEngineError, WorkerFailure
 
@@ -79,7 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="WIDTH*HEIGHT of the video; for i2v/ti2v with an image only the area counts "
                         "(default: the task's official default, 1280*720 or 1280*704 for ti2v-5B)")
     g.add_argument("--frame_num", type=int, default=None, help="frames, 4n+1 (default 81; ti2v-5B 121)")
-    g.add_argument("--ckpt_dir", required=True, help="the official checkpoint folder of the task")
+    g.add_argument("--ckpt_dir", default=None,
+                   help="the official checkpoint folder of the task (not needed when a file is given for every part)")
+    f = g.add_argument_group("single model files (ComfyUI's; each replaces that part of --ckpt_dir)")
+    f.add_argument("--dit", default=None, metavar="FILE", help="ti2v-5B / s2v-14B diffusion model file")
+    f.add_argument("--dit_high_noise", default=None, metavar="FILE", help="A14B high-noise expert file")
+    f.add_argument("--dit_low_noise", default=None, metavar="FILE", help="A14B low-noise expert file")
+    f.add_argument("--text_encoder", default=None, metavar="FILE", help="umT5 file (umt5_xxl_*.safetensors)")
+    f.add_argument("--vae", default=None, metavar="FILE", help="VAE file (wan_2.1_vae / wan2.2_vae .safetensors)")
+    f.add_argument("--audio_encoder", default=None, metavar="FILE",
+                   help="s2v-14B: wav2vec2 file (wav2vec2_large_english_fp16.safetensors)")
+    f.add_argument("--weights", default=WeightsMode.AUTO.value, choices=[w.value for w in WeightsMode],
+                   help="auto: keep what the files hold; bf16/fp16/fp32: cast at load (default auto)")
     g.add_argument("--offload_model", type=_str2bool, default=None,
                    help="keep only the running model on the GPU (default: True on one GPU, like the "
                         "official script; implies --offload experts for the A14B tasks)")
@@ -234,8 +245,14 @@ def build_spec(args, task: Task) -> EngineSpec:
         dtype = ParamDtype.BF16
     else:
         dtype = ParamDtype.FP32
-    return EngineSpec(task=task, ckpt_dir=str(args.ckpt_dir), device=device, param_dtype=dtype,
-                      parallel=build_parallel(args, task), attention=AttentionBackend(args.attention))
+    files = ModelFiles(dit=args.dit, dit_high_noise=args.dit_high_noise, dit_low_noise=args.dit_low_noise,
+                       text_encoder=args.text_encoder, vae=args.vae, audio_encoder=args.audio_encoder)
+    if args.ckpt_dir is None and not files.any():
+        raise ConfigError("--ckpt_dir is required (or a file for every part: --dit or --dit_high_noise/"
+                          "--dit_low_noise, --text_encoder, --vae, and --audio_encoder for s2v-14B)")
+    return EngineSpec(task=task, ckpt_dir=str(args.ckpt_dir or ""), device=device, param_dtype=dtype,
+                      parallel=build_parallel(args, task), attention=AttentionBackend(args.attention),
+                      files=files, weights=WeightsMode.parse(args.weights))
 
 
 def build_request(args, task: Task) -> GenerateRequest:
@@ -329,7 +346,7 @@ def precheck(spec: EngineSpec, request: GenerateRequest):
     task = Task.parse(spec.task)
     validate_spec(spec)               # the same checks as WanEngine and EngineClient
     validate_request(spec, request)   # cfg_parallel needs a guidance other than 1
-    check_checkpoint(spec.ckpt_dir, task)
+    check_checkpoint(spec.ckpt_dir, task, spec.files)
     if task == Task.S2V_14B:
         check_fits(spec, request)   # the memory guard (S2V: before the audio is decoded)   # decodes the audio now: a bad file fails before any weight loads
         from .pipeline.s2v import resolve_s2v_request

@@ -212,16 +212,59 @@ class ParallelConfig:
                               "already keeps 1/N of each expert per GPU; turn one of them off")
 
 
+class WeightsMode(str, enum.Enum):
+    """How weights are held (`--weights`, the loader's `weights` widget).
+
+    AUTO keeps what the files hold (an fp8 file's layers stay fp8); BF16 / FP16 / FP32 cast at load;
+    FP8 quantizes the big linears to fp8 with per-tensor scales at load; FP8_FAST also runs them
+    as fp8 matmuls (torch._scaled_mm) on GPUs of compute capability 8.9+.
+    """
+
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+    FP8 = "fp8"
+    FP8_FAST = "fp8_fast"
+
+    @classmethod
+    def parse(cls, value: "str | WeightsMode") -> "WeightsMode":
+        if isinstance(value, WeightsMode):
+            return value
+        for m in cls:
+            if m.value == str(value).lower():
+                return m
+        raise ConfigError(f"weights={value!r} is not valid; choose one of {', '.join(m.value for m in cls)}")
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Single files (ComfyUI's) that replace parts of the official checkpoint folder; None: take
+    the part from `EngineSpec.ckpt_dir`. Paths are absolute or relative to the working folder."""
+
+    dit: Optional[str] = None              # ti2v-5B, s2v-14B
+    dit_high_noise: Optional[str] = None   # t2v-A14B, i2v-A14B
+    dit_low_noise: Optional[str] = None
+    text_encoder: Optional[str] = None
+    vae: Optional[str] = None
+    audio_encoder: Optional[str] = None    # s2v-14B
+
+    def any(self) -> bool:
+        return any(getattr(self, f) for f in self.__dataclass_fields__)
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """What a worker group loads and how it is laid out. Changing it restarts the group."""
 
     task: Task
-    ckpt_dir: str
+    ckpt_dir: str                 # the official folder ("" when `files` gives every part)
     device: str = "cuda"          # "cuda" or "cpu" (gloo ranks)
     param_dtype: ParamDtype = ParamDtype.BF16
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     attention: AttentionBackend = AttentionBackend.AUTO
+    files: ModelFiles = field(default_factory=ModelFiles)
+    weights: WeightsMode = WeightsMode.AUTO
 
 
 @dataclass(frozen=True)

@@ -176,11 +176,14 @@ class ModelSizes:
         return math.sqrt(self.vae_params / real) if self.vae_params else 1.0
 
 
-def facts_for(task: "Task | str", ckpt_dir: Optional[str]) -> ModelSizes:
+def facts_for(task: "Task | str", ckpt_dir: Optional[str], files=None) -> ModelSizes:
     """ModelSizes of the checkpoint in `ckpt_dir` (config.json + file sizes), or the official figures
-    when there is none or it cannot be read (the checkpoint check reports a broken one by file)."""
+    when there is none or it cannot be read (the checkpoint check reports a broken one by file).
+    `files` (ModelFiles): ComfyUI single files replacing parts; their headers give the sizes."""
     task = Task.parse(task)
     official = ModelSizes.official(task)
+    if files is not None and files.any():
+        return _facts_from_parts(task, ckpt_dir, files, official)
     if not ckpt_dir:
         return official
     from pathlib import Path
@@ -208,6 +211,23 @@ def facts_for(task: "Task | str", ckpt_dir: Optional[str]) -> ModelSizes:
                    audio_params=official.audio_params if dit.dim == 5120 else
                    (official.audio_params and int(WAV2VEC2_PARAMS * (dit.dim / 5120) ** 2)),
                    source=str(ckpt))
+
+
+def _facts_from_parts(task: Task, ckpt_dir: Optional[str], files, official: ModelSizes) -> ModelSizes:
+    from .errors import CheckpointError
+    from .loading.parts import dit_config, part_params, resolve_parts
+
+    try:
+        parts = resolve_parts(task, ckpt_dir or None, files)
+        dit = DiTFacts.from_config(dit_config(next(iter(parts.dits.values()))), s2v=task == Task.S2V_14B)
+        t5 = part_params(parts.text_encoder, bytes_per_param=2)
+        vae = part_params(parts.vae, bytes_per_param=4)
+    except (CheckpointError, ConfigError, OSError, StopIteration):
+        return official
+    return replace(official, dit=dit, t5_params=t5 or official.t5_params, vae_params=vae or official.vae_params,
+                   audio_params=official.audio_params if dit.dim == 5120 else
+                   (official.audio_params and int(WAV2VEC2_PARAMS * (dit.dim / 5120) ** 2)),
+                   source="model files")
 
 
 # -- what is asked ------------------------------------------------------------------------------
@@ -762,7 +782,7 @@ def plan_for(spec: EngineSpec, request: Optional[GenerateRequest] = None, *,
     """The plan for an EngineSpec and a request (task defaults when None), with suggestions.
     `cap=True` reads the capacity of this machine; pass a Capacity, or None for no check."""
     task = Task.parse(spec.task)
-    sizes = sizes or facts_for(task, spec.ckpt_dir)
+    sizes = sizes or facts_for(task, spec.ckpt_dir, spec.files)
     device = "cuda" if str(spec.device).startswith("cuda") else "cpu"
     if cap is True:
         cap = capacity_for(device, spec.parallel.num_gpus, spec.parallel.gpu_ids)
@@ -790,7 +810,7 @@ def check_fits(spec: EngineSpec, request: Optional[GenerateRequest] = None, *,
     """The memory guard for a request: raise `MemoryRefused` (a ConfigError, with the estimate and
     what would fit) when its estimated peak exceeds the GPUs' memory (on CPU: the host's RAM, every
     rank together). Returns the plan otherwise (`fits` None when the guard is off)."""
-    sizes = sizes or facts_for(spec.task, spec.ckpt_dir)
+    sizes = sizes or facts_for(spec.task, spec.ckpt_dir, spec.files)
     try:
         workload = workload_for(spec.task, request)
     except (ConfigError, ValueError, TypeError, AttributeError):
@@ -812,7 +832,7 @@ def check_load(spec: EngineSpec, *, cap: "Capacity | None | bool" = True,
     from .config import parse_size
 
     task = Task.parse(spec.task)
-    sizes = sizes or facts_for(task, spec.ckpt_dir)
+    sizes = sizes or facts_for(task, spec.ckpt_dir, spec.files)
     cap = _guard_capacity(spec, sizes, cap)
     smallest = min(TASKS[task].supported_sizes, key=lambda s: parse_size(s)[0] * parse_size(s)[1])
     small = GenerateRequest(prompt="", size=parse_size(smallest), frame_num=5)

@@ -36,17 +36,22 @@ def _dist_single(device):
     return DistContext.single(device)
 
 
-def check_checkpoint(ckpt_dir, task: Task) -> None:
+def check_checkpoint(ckpt_dir, task: Task, files=None) -> None:
     """Check that `ckpt_dir` holds every file the task loads, without reading any weight.
 
     Opens each DiT shard's safetensors header (a truncated shard fails here, by name) and checks the
-    T5 checkpoint, the tokenizer and the VAE file exist. Raises CheckpointError / ConfigError."""
+    T5 checkpoint, the tokenizer and the VAE file exist. With `files` (a `ModelFiles` naming
+    ComfyUI single files) the parts they give are checked against the task instead
+    (`loading.parts.check_parts`). Raises CheckpointError / ConfigError."""
     from ..loading.checkpoint import TensorSource
     from ..loading.detect import detect_task, dit_folders, read_config
     from .text import T5_CHECKPOINT, TOKENIZER_SUBDIR
 
-    ckpt = Path(ckpt_dir)
     task = Task.parse(task)
+    if files is not None and files.any():
+        _check_parts(ckpt_dir, task, files)
+        return
+    ckpt = Path(ckpt_dir)
     if not ckpt.is_dir():
         raise CheckpointError(f"checkpoint folder {str(ckpt)!r} does not exist (--ckpt_dir); download "
                               f"the official Wan2.2 {task.value} checkpoint there")
@@ -66,6 +71,43 @@ def check_checkpoint(ckpt_dir, task: Task) -> None:
         from .s2v import check_s2v_checkpoint
 
         check_s2v_checkpoint(ckpt)
+
+
+def _check_parts(ckpt_dir, task: Task, files) -> None:
+    """check_checkpoint when single files replace some parts of the official folder."""
+    from ..loading.checkpoint import TensorSource
+    from ..loading.detect import read_config
+    from ..loading.parts import check_parts, resolve_parts
+
+    parts = resolve_parts(task, ckpt_dir or None, files)
+    check_parts(parts)
+    for path in parts.dits.values():
+        if not path.is_file():
+            read_config(path)
+            TensorSource.from_folder(path).close()
+    for what, path in (("text encoder", parts.text_encoder), ("VAE", parts.vae)):
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing (the {what} of {task.value})")
+    if parts.text_encoder.suffix != ".safetensors" and not (parts.tokenizer_dir / "tokenizer.json").is_file():
+        raise CheckpointError(f"{parts.tokenizer_dir / 'tokenizer.json'} is missing (the umT5 tokenizer)")
+    if parts.audio_encoder is not None and not parts.audio_encoder.is_file():
+        from .s2v import check_s2v_checkpoint
+
+        check_s2v_checkpoint(parts.audio_encoder.parent)
+
+
+def _weights_dtype(spec: EngineSpec) -> torch.dtype:
+    """The parameter dtype of the DiT(s) and T5: `weights` bf16/fp16/fp32 casts at load; `auto`
+    keeps `param_dtype` (the CLI's --dtype); fp8 files are read dequantized into it."""
+    from ..config import WeightsMode
+
+    weights = WeightsMode.parse(spec.weights)
+    if weights in (WeightsMode.FP8, WeightsMode.FP8_FAST):
+        raise ConfigError(f"weights={weights.value!r} is not available in this build yet; use auto, bf16, "
+                          "fp16 or fp32 (fp8 files are then read dequantized)")
+    if weights == WeightsMode.AUTO:
+        return ParamDtype(spec.param_dtype).torch_dtype
+    return ParamDtype(weights.value).torch_dtype
 
 
 class WanEngine:
@@ -93,28 +135,29 @@ class WanEngine:
         start = time.perf_counter()
         self.load_timings: dict[str, float] = {}
 
-        ckpt = Path(spec.ckpt_dir)
-        check_checkpoint(ckpt, self.task)
-        from ..loading.detect import dit_folders, read_config
+        ckpt = Path(spec.ckpt_dir) if spec.ckpt_dir else None
+        check_checkpoint(ckpt, self.task, spec.files)
+        from ..loading.parts import dit_config, resolve_parts
 
-        folders = dit_folders(ckpt, self.task)
-        dit_cfg = read_config(next(iter(folders.values())))
+        self.parts = resolve_parts(self.task, ckpt, spec.files)
+        folders = self.parts.dits
+        dit_cfg = dit_config(next(iter(folders.values())))
         par = spec.parallel
         if self.dist.world_size != par.num_gpus:
             raise ConfigError(f"the engine was given {self.dist.world_size} rank(s) but num_gpus="
                               f"{par.num_gpus}; start one process per GPU")
         self.text_len = int(text_len or dit_cfg.get("text_len", 512))
-        dtype = ParamDtype(spec.param_dtype).torch_dtype
+        dtype = _weights_dtype(spec)
         offload = OffloadMode(par.offload)
 
         hooks.report(Phase.LOAD, 0, 3, start, "loading the text encoder")
         t0 = time.perf_counter()
-        self._load_text_encoder(ckpt, dtype, offload)
+        self._load_text_encoder(dtype, offload)
         self.load_timings["t5"] = time.perf_counter() - t0
 
         hooks.report(Phase.LOAD, 1, 3, start, "loading the VAE")
         t0 = time.perf_counter()
-        self.vae = self._load_vae(ckpt)
+        self.vae = self._load_vae()
         self.load_timings["vae"] = time.perf_counter() - t0
 
         hooks.report(Phase.LOAD, 2, 3, start, "loading the diffusion model")
@@ -129,17 +172,15 @@ class WanEngine:
         self.models = expert_provider(dits, self.dist, par)
         self.load_timings["dit"] = time.perf_counter() - t0
         if self.is_s2v:   # wav2vec2 in float32 (official precision) on the engine's device
-            from ..loading.s2v import load_s2v_audio_encoder
-
             t0 = time.perf_counter()
-            self.audio_encoder = load_s2v_audio_encoder(ckpt, device=self.device)
+            self.audio_encoder = self._load_audio_encoder()
             self.load_timings["audio_encoder"] = time.perf_counter() - t0
         self.load_timings["total"] = time.perf_counter() - start
         hooks.report(Phase.LOAD, 3, 3, start, "models loaded")
 
     # -- loading helpers ----------------------------------------------------------------------
 
-    def _load_text_encoder(self, ckpt: Path, dtype: torch.dtype, offload: OffloadMode) -> None:
+    def _load_text_encoder(self, dtype: torch.dtype, offload: OffloadMode) -> None:
         """T5 on the CPU (t5_cpu), sharded (t5_fsdp), waiting on the CPU between runs (offload), or
         resident on the device."""
         from .parallelize import parallelize_t5
@@ -147,32 +188,60 @@ class WanEngine:
 
         par = self.spec.parallel
         on_cpu = par.t5_cpu or par.t5_fsdp or (offload != OffloadMode.NONE)
-        self.text_encoder = TextEncoder(ckpt, text_len=self.text_len,
-                                        device="cpu" if on_cpu else self.device, dtype=dtype)
+        where = "cpu" if on_cpu else self.device
+        path = self.parts.text_encoder
+        if path.suffix == ".safetensors":   # a ComfyUI single file (loading/components.py)
+            from ..loading.components import file_tokenizer, load_t5_file
+
+            self.text_encoder = TextEncoder.__new__(TextEncoder)
+            self.text_encoder.text_len = self.text_len
+            self.text_encoder.tokenizer, self.tokenizer_source = file_tokenizer(
+                path, self.text_len, self.parts.tokenizer_dir)
+            self.text_encoder.model = load_t5_file(path, dtype=dtype, device=where)
+        else:
+            self.text_encoder = TextEncoder(checkpoint_path=path, tokenizer_dir=self.parts.tokenizer_dir,
+                                            text_len=self.text_len, device=where, dtype=dtype)
         if par.t5_fsdp:
             parallelize_t5(self.text_encoder.model, self.dist, par)
         # Moved to the device for each encode and back afterwards (official offload_model).
         self.t5_offload = (offload != OffloadMode.NONE and not par.t5_cpu and not par.t5_fsdp
                            and self.device.type != "cpu")
 
-    def _load_vae(self, ckpt: Path):
+    def _load_vae(self):
+        from ..loading.components import load_vae_file
         from ..loading.vae import load_vae
 
-        return load_vae(ckpt / self.task_spec.vae_file, self.task_spec.vae, device=self.device,
-                        dtype=torch.float32)
+        path = self.parts.vae
+        load = load_vae_file if path.suffix == ".safetensors" else load_vae
+        return load(path, self.task_spec.vae, device=self.device, dtype=torch.float32)
+
+    def _load_audio_encoder(self):
+        """wav2vec2 in float32 (official precision) on the engine's device."""
+        path = self.parts.audio_encoder
+        if path.is_file():
+            from ..loading.components import load_wav2vec2_file
+
+            return load_wav2vec2_file(path, device=self.device)
+        from ..models.wav2vec2 import load_wav2vec2
+
+        return load_wav2vec2(path, device=self.device)
 
     def _load_dit(self, folder: Path, dtype: torch.dtype, offload: OffloadMode, kernel):
         """One DiT, loaded and parallelised the way `spec.parallel` asks (pipeline/parallelize.py)."""
         from ..loading.checkpoint import dit_on_meta, load_dit
+        from ..loading.components import dit_file_on_meta, load_dit_file
         from .parallelize import parallelize_dit
 
         par = self.spec.parallel
+        single = Path(folder).is_file()   # a ComfyUI single file: read under official names
         if par.dit_fsdp:   # rank-local: each rank reads only its rows of each tensor
-            with dit_on_meta(folder, s2v=self.is_s2v, kernel=kernel) as (model, source, _):
+            on_meta = dit_file_on_meta if single else dit_on_meta
+            with on_meta(folder, s2v=self.is_s2v, kernel=kernel) as (model, source, _):
                 parallelize_dit(model, self.dist, par, source=source, dtype=dtype)
             return model.eval()
         where = torch.device("cpu") if offload != OffloadMode.NONE else self.device
-        model = load_dit(folder, dtype=dtype, device=where, kernel=kernel, s2v=self.is_s2v)
+        load = load_dit_file if single else load_dit
+        model = load(folder, dtype=dtype, device=where, kernel=kernel, s2v=self.is_s2v)
         return parallelize_dit(model, self.dist, par)
 
     # -- running ------------------------------------------------------------------------------

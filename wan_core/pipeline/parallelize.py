@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from ..config import TASKS, EngineSpec, GenerateRequest, GuideScale, OffloadMode, ParallelConfig, Task
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..distributed import fsdp as fsdp_
 from ..distributed.context import DistContext
 from ..distributed.offload import ExpertOffloader, apply_block_offload, validate_offload
@@ -36,18 +36,27 @@ def validate(parallel: ParallelConfig, *, num_heads: int, moe: bool) -> None:
     validate_offload(parallel.offload, moe=moe, dit_fsdp=parallel.dit_fsdp)
 
 
-def model_num_heads(task: "Task | str", ckpt_dir: str) -> int:
+def model_num_heads(task: "Task | str", ckpt_dir: str, files=None) -> int:
     """Attention heads of the task's DiT: `num_heads` of the checkpoint's config.json when it can
     be read (a fine-tune or a tiny test model may differ from the official figure), else the
     official figure; a missing checkpoint is reported later by the checkpoint check, by file."""
     from ..loading.detect import dit_folders, read_config
 
     task = Task.parse(task)
-    folder = next(iter(dit_folders(ckpt_dir, task).values()))
-    try:
-        cfg = read_config(folder)
-    except CheckpointError:
-        return TASKS[task].num_heads
+    if files is not None and files.any():
+        from ..loading.parts import dit_config, resolve_parts
+
+        try:
+            folder = next(iter(resolve_parts(task, ckpt_dir or None, files).dits.values()))
+            cfg = dit_config(folder)
+        except (CheckpointError, ConfigError):
+            return TASKS[task].num_heads
+    else:
+        folder = next(iter(dit_folders(ckpt_dir, task).values()))
+        try:
+            cfg = read_config(folder)
+        except CheckpointError:
+            return TASKS[task].num_heads
     heads = cfg.get("num_heads", TASKS[task].num_heads)
     if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
         raise CheckpointError(f"{folder / 'config.json'}: num_heads={heads!r} is not a positive "
@@ -61,7 +70,7 @@ def validate_spec(spec: EngineSpec) -> None:
     the CLI's precheck) calls it before any heavy work, so an impossible combination is a
     ConfigError at once."""
     task = Task.parse(spec.task)
-    validate(spec.parallel, num_heads=model_num_heads(task, spec.ckpt_dir), moe=TASKS[task].moe)
+    validate(spec.parallel, num_heads=model_num_heads(task, spec.ckpt_dir, spec.files), moe=TASKS[task].moe)
 
 
 def validate_request(spec: EngineSpec, request: GenerateRequest) -> None:

@@ -143,8 +143,11 @@ class WorkerGroup:
 
     def _start(self) -> None:
         spec = self.spec
-        if not os.path.isabs(spec.ckpt_dir):   # workers run in the pack root
+        if spec.ckpt_dir and not os.path.isabs(spec.ckpt_dir):   # workers run in the pack root
             self.spec = spec = replace(spec, ckpt_dir=os.path.abspath(spec.ckpt_dir))
+        if spec.files.any():
+            absolute = {k: os.path.abspath(v) for k, v in vars(spec.files).items() if v}
+            self.spec = spec = replace(spec, files=replace(spec.files, **absolute))
         authkey = secrets.token_bytes(32)
         self._sock_path = os.path.join(self._dir, "control.sock")
         self._listener = Listener(self._sock_path, family="AF_UNIX", authkey=authkey)
