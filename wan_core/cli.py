@@ -1,4 +1,4 @@
-"""`python -m wan_core generate|demo|doctor`: the official `generate.py` flags, plus the multi-GPU ones.
+"""`python -m wan_core generate|demo|doctor|download|verify|status`: the official `generate.py` flags, plus the multi-GPU ones.
 
 `generate` validates everything (flags, sizes, frame count, sampling values, the image, the
 checkpoint folder's files) before loading a single weight. Every user error (`WanEngineError`) is
@@ -146,6 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ckpt_dir", default=None,
                    help="where to write the tiny checkpoint (default: a cache folder)")
     d.add_argument("-v", "--verbose", action="store_true")
+
+    dl = sub.add_parser("download", help="fetch a task's model files from Hugging Face (checked, resumable)",
+                        description="Download the files TASK needs through huggingface_hub (HF_ENDPOINT, "
+                                    "HF_TOKEN and HF_HUB_OFFLINE as that library documents), resumable, "
+                                    "checked against the hub's sizes and hashes, recorded in a manifest.")
+    dl.add_argument("task", choices=[t.value for t in Task], metavar="TASK",
+                    help=f"one of {', '.join(t.value for t in Task)}")
+    dl.add_argument("--set", dest="file_set", default="official", choices=["official", "comfy"],
+                    help="official: the Wan-AI repositories in the official layout (default); comfy: the "
+                         "files of ComfyUI's own Wan2.2 templates (fp8_scaled experts, umT5, VAE, LoRAs)")
+    dl.add_argument("--dir", default=None,
+                    help="official: the checkpoint folder to fill; comfy: the ComfyUI models folder "
+                         "(default inside a ComfyUI tree: models/wan22/Wan2.2-TASK, or models/)")
+    vf = sub.add_parser("verify", help="check downloaded files: present, sizes and hashes, layout, runnable tasks",
+                        description="Check checkpoint folders, ComfyUI models folders or single files; "
+                                    "exit 0 only when all is well.")
+    vf.add_argument("paths", nargs="+", metavar="PATH")
+    st = sub.add_parser("status", help="verify every place the loader looks (or --dir)",
+                        description="Verify models/wan22/* and ComfyUI's model folders of this ComfyUI tree "
+                                    "(or --dir MODELS_DIR) and list the runnable tasks; exit 0 only when all "
+                                    "is well and something is runnable.")
+    st.add_argument("--dir", default=None, help="a models folder (default: this ComfyUI tree's models/)")
 
     dr = sub.add_parser("doctor", help="report what this machine offers, and the memory plan of a request",
                         description="Print Python/torch versions, CUDA and the GPUs, the attention backends "
@@ -451,6 +473,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cmd_generate(args)
         if args.command == "doctor":
             return _doctor(args)
+        if args.command == "download":
+            from .manage.download import download
+            download(args.task, args.file_set, args.dir)
+            return 0
+        if args.command == "verify":
+            from .manage.verify import verify
+            return verify(args.paths)
+        if args.command == "status":
+            from .manage.verify import status
+            return status(args.dir)
         if args.command == "demo":
             from .demo import run_demo
             return run_demo(out=args.out, device=args.device, ckpt_dir=args.ckpt_dir)

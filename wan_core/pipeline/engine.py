@@ -42,19 +42,28 @@ def check_checkpoint(ckpt_dir, task: Task, files=None) -> None:
     Opens each DiT shard's safetensors header (a truncated shard fails here, by name) and checks the
     T5 checkpoint, the tokenizer and the VAE file exist. With `files` (a `ModelFiles` naming
     ComfyUI single files) the parts they give are checked against the task instead
-    (`loading.parts.check_parts`). Raises CheckpointError / ConfigError."""
-    from ..loading.checkpoint import TensorSource
-    from ..loading.detect import detect_task, dit_folders, read_config
-    from .text import T5_CHECKPOINT, TOKENIZER_SUBDIR
-
+    (`loading.parts.check_parts`). Raises CheckpointError (for the official folder with the
+    `python -m wan_core download` command that fetches what is missing) / ConfigError."""
     task = Task.parse(task)
     if files is not None and files.any():
         _check_parts(ckpt_dir, task, files)
         return
     ckpt = Path(ckpt_dir)
+    fetch = f"python -m wan_core download {task.value} --dir {ckpt.absolute()}"
     if not ckpt.is_dir():
         raise CheckpointError(f"checkpoint folder {str(ckpt)!r} does not exist (--ckpt_dir); download "
-                              f"the official Wan2.2 {task.value} checkpoint there")
+                              f"the official Wan2.2 {task.value} checkpoint there: {fetch}")
+    try:
+        _check_files(ckpt, task)
+    except CheckpointError as exc:   # a missing or truncated file: the command that fetches it
+        raise CheckpointError(f"{exc}; to fetch what is missing: {fetch}") from None
+
+
+def _check_files(ckpt: Path, task: Task) -> None:
+    from ..loading.checkpoint import TensorSource
+    from ..loading.detect import detect_task, dit_folders, read_config
+    from .text import T5_CHECKPOINT, TOKENIZER_SUBDIR
+
     found = detect_task(ckpt)
     if found != task:
         raise ConfigError(f"{ckpt} holds a {found.value} checkpoint, not {task.value}; pass "
