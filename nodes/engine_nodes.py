@@ -56,19 +56,40 @@ class Wan22MGModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, task, checkpoint, gpus, ulysses_size, cfg_parallel, dit_fsdp, t5_fsdp, t5_cpu,
                 offload, dtype, attention, device, gpu_ids="") -> io.NodeOutput:
+        from wan_core.memory_plan import check_load
         from wan_core.pipeline.engine import check_checkpoint
 
-        spec = build_spec(task, checkpoints.resolve(checkpoint), gpus, ulysses_size, cfg_parallel,
+        spec = build_spec(task, _resolve(checkpoint, task), gpus, ulysses_size, cfg_parallel,
                           dit_fsdp, t5_fsdp, t5_cpu, offload, dtype, attention, device, gpu_ids)
         # Every file there, the right task, no truncated shard: said here, before any worker starts.
         check_checkpoint(spec.ckpt_dir, spec.task)
+        # The memory plan: refuses (with what would fit) before an idle group is ended or a worker
+        # starts when not even the smallest video fits; otherwise shown on the node.
+        plan = check_load(spec)
         relay = NodeProgress(cls.hidden.unique_id if cls.hidden is not None else None)
         try:
             REGISTRY.ensure(spec, relay.on_progress, relay.should_cancel)
         except Cancelled:
             relay.raise_if_interrupted()   # -> execution_interrupted
             raise
-        return io.NodeOutput(EngineHandle(spec=spec, checkpoint=checkpoint))
+        text = plan.summary() + ("" if plan.fits is not False else
+                                 " - too big for the default request; smaller requests are checked each time")
+        return io.NodeOutput(EngineHandle(spec=spec, checkpoint=checkpoint), ui={"text": [text]})
+
+
+def _resolve(checkpoint: str, task: str) -> str:
+    """The checkpoint's folder; when it is not there, the error says the command that downloads it."""
+    import os
+    import sys
+
+    from wan_core.errors import CheckpointError
+
+    try:
+        return checkpoints.resolve(checkpoint)
+    except CheckpointError as exc:
+        pack = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        raise CheckpointError(f"{exc}\nto download {task} there: cd {pack} && {sys.executable} -m wan_core "
+                              f"download {task}") from None
 
 
 class Wan22MGRelease(io.ComfyNode):

@@ -197,7 +197,11 @@ class FakeHub:
             end = min(len(body), sent + chunk)
             if limit is not None and end > limit:
                 end = limit
-            h.wfile.write(body[sent:end])
+            try:
+                h.wfile.write(body[sent:end])
+            except (ConnectionError, BrokenPipeError):
+                h.close_connection = True       # the client went away (interrupted, disk full)
+                return
             sent = end
             if self.on_send is not None:
                 self.on_send(repo, name, start + sent)

@@ -143,6 +143,11 @@ def _manifest_path(task: Task, file_set: str, root: Path) -> Path:
     return root / OFFICIAL_MANIFEST if file_set == "official" else comfy_manifest_path(root, task.value)
 
 
+def _open_part(path: Path):
+    """The partial file, opened to append (the client resumes at its size)."""
+    return open(path, "ab")
+
+
 def _fetch(p: Planned, part: Path, token) -> None:
     """Bytes of `p` appended to `part` (resumed from its current size) by the hub client."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
@@ -166,7 +171,7 @@ def _fetch(p: Planned, part: Path, token) -> None:
     if have > p.size:
         part.unlink()
         have = 0
-    with open(part, "ab") as fh:
+    with _open_part(part) as fh:
         http_get(location, fh, resume_size=have, headers=headers, expected_size=p.size,
                  displayed_filename=p.rel)
 
@@ -223,15 +228,15 @@ def download(task: "Task | str", file_set: str = "official", dir_: Optional[str]
         try:
             _fetch(p, part, token)
         except KeyboardInterrupt:
-            manifest.save(man_path)
+            _save_quietly(manifest, man_path)
             raise DownloadError(f"interrupted while fetching {p.rel}: {i - 1} of {len(todo)} files done; "
                                 f"{_gb(_part_size(part))} kept in {partial_root}; run the same command to "
                                 "resume") from None
         except DownloadError:
-            manifest.save(man_path)
+            _save_quietly(manifest, man_path)
             raise
         except OSError as exc:
-            manifest.save(man_path)
+            _save_quietly(manifest, man_path)
             if exc.errno == errno.ENOSPC:
                 raise DownloadError(f"disk full while writing {p.rel} into {root}: "
                                     f"{_gb(_part_size(part))} of {_gb(p.size)} written (kept in "
@@ -240,26 +245,39 @@ def download(task: "Task | str", file_set: str = "official", dir_: Optional[str]
             raise DownloadError(f"fetching {p.repo}/{p.repo_path} failed: {exc}; run the same command "
                                 "to resume") from None
         except Exception as exc:  # noqa: BLE001 - transfer errors of the client
-            manifest.save(man_path)
+            _save_quietly(manifest, man_path)
             raise _hub_error(exc, p.repo, p.repo_path) from None
         rec = FileRecord(path=p.rel, repo=p.repo, repo_path=p.repo_path, size=p.size, sha256=p.sha256,
                          git_sha1=p.git_sha1)
         if not content_ok(part, rec):
             got = sha256_file(part) if p.sha256 else git_blob_sha1(part)
             part.unlink(missing_ok=True)
-            manifest.save(man_path)
+            _save_quietly(manifest, man_path)
             raise DownloadError(f"{p.repo}/{p.repo_path} arrived corrupted (hash {got[:12]}..., the hub says "
                                 f"{(p.sha256 or p.git_sha1)[:12]}...); deleted; run the same command again")
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, dest)
         rec.mtime_ns = dest.stat().st_mtime_ns
         manifest.put(rec)
-        manifest.save(man_path)
-    manifest.save(man_path)
+        try:
+            manifest.save(man_path)
+        except OSError as exc:
+            raise DownloadError(f"cannot write the manifest {man_path}: {exc.strerror or exc} (disk full?); "
+                                "free some space and run the same command") from None
+    _save_quietly(manifest, man_path)
     _clean_partial(partial_root)
     where = (f"--ckpt_dir {root}" if file_set == "official" else f"ComfyUI models folder {root}")
     print(f"done: {task.value} ({file_set}) complete and checked; use {where}; manifest {man_path}", file=out)
     return root
+
+
+def _save_quietly(manifest: Manifest, path: Path) -> None:
+    """Record the finished files on the way out of a failure; a full disk may refuse even that (the
+    files are then checked again by the next run)."""
+    try:
+        manifest.save(path)
+    except OSError:
+        pass
 
 
 def _part_size(path: Path) -> int:
