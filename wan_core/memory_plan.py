@@ -776,6 +776,27 @@ class MemoryRefused(ConfigError):
     """A request that cannot fit (a ConfigError: nothing was started)."""
 
 
+def spec_weight_dtype(spec: EngineSpec) -> str:
+    """How the DiT weights sit in memory for `spec`: `weights` fp8/fp8_fast -> fp8; bf16/fp16/fp32
+    -> that; auto -> fp8 when the DiT file given holds fp8 layers (they stay fp8), else param_dtype."""
+    weights = str(getattr(getattr(spec, "weights", None), "value", getattr(spec, "weights", "auto")) or "auto")
+    if weights in ("fp8", "fp8_fast"):
+        return "fp8"
+    if weights in ("bf16", "fp16", "fp32"):
+        return weights
+    files = getattr(spec, "files", None)
+    dit = files and (files.dit or files.dit_high_noise or files.dit_low_noise)
+    if dit:
+        try:
+            from .loading.single_file import inspect_file
+
+            if inspect_file(dit, expect="dit").encoding.startswith("fp8"):
+                return "fp8"
+        except Exception:  # noqa: BLE001 - an unreadable file is reported by the checkpoint check
+            pass
+    return getattr(spec.param_dtype, "value", str(spec.param_dtype))
+
+
 def plan_for(spec: EngineSpec, request: Optional[GenerateRequest] = None, *,
              sizes: Optional[ModelSizes] = None, cap: "Capacity | None | bool" = True,
              weight_dtype: Optional[str] = None) -> tuple[MemoryPlan, list[Suggestion]]:
@@ -786,8 +807,7 @@ def plan_for(spec: EngineSpec, request: Optional[GenerateRequest] = None, *,
     device = "cuda" if str(spec.device).startswith("cuda") else "cpu"
     if cap is True:
         cap = capacity_for(device, spec.parallel.num_gpus, spec.parallel.gpu_ids)
-    layout = Layout.from_parallel(spec.parallel, weight_dtype or getattr(spec.param_dtype, "value",
-                                                                         str(spec.param_dtype)))
+    layout = Layout.from_parallel(spec.parallel, weight_dtype or spec_weight_dtype(spec))
     w = workload_for(task, request)
     speed = {"link": cap.link, "tflops": tflops_for(cap.name)} if cap else {}
     plan = with_capacity(estimate(sizes, w, layout, device=device, **speed), cap or None)
@@ -879,5 +899,5 @@ def describe(plan: MemoryPlan, tips: Sequence[Suggestion] = ()) -> list[str]:
 
 __all__ = ["DiTFacts", "ModelSizes", "Layout", "Workload", "MemoryPlan", "Capacity", "Suggestion",
            "facts_for", "workload_for", "estimate", "suggest", "plan_for", "check_fits", "capacity_for",
-           "gpu_memory", "host_ram", "describe", "refusal_text", "with_capacity", "candidate_layouts",
+           "gpu_memory", "host_ram", "describe", "refusal_text", "with_capacity", "candidate_layouts", "spec_weight_dtype",
            "MemoryRefused", "check_load", "GiB"]

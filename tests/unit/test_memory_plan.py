@@ -171,11 +171,17 @@ def test_fewer_gpus_suggested_when_the_exchange_costs_more():
     assert mp.suggest(sizes, mp.Workload(Task.T2V_A14B, 832, 480, 81), two, nvlink) == []
 
 
-def test_tiny_checkpoint_facts(tiny_dir):
+def test_tiny_checkpoint_facts(tiny_dir, tmp_path):
     """A checkpoint's own config.json and file sizes drive the plan (the tiny models are tiny)."""
-    sizes = mp.facts_for(Task.T2V_A14B, str(tiny_dir / "ckpt" / "t2v-A14B"))
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "parity"))
+    from _tiny import task_ckpt
+
+    ck = task_ckpt(tiny_dir, "t2v-A14B", tmp_path)
+    sizes = mp.facts_for(Task.T2V_A14B, str(ck))
     assert sizes.source.endswith("t2v-A14B") and sizes.dit.dim < 1024
-    assert sizes.t5_params < 10 ** 8 and sizes.vae_params < 10 ** 7
+    assert 10 ** 5 < sizes.t5_params < 10 ** 8 and 10 ** 5 < sizes.vae_params < 10 ** 7
     plan = mp.estimate(sizes, mp.Workload(Task.T2V_A14B, 1280, 720, 81), mp.Layout(), device="cpu")
     assert plan.host_ram < 16 * mp.GiB     # the CPU tests at official sizes keep passing the guard
     assert mp.facts_for(Task.T2V_A14B, str(tiny_dir / "nope")).source == "official figures"
@@ -193,3 +199,18 @@ def test_s2v_and_ti2v_plans():
     text_only = mp.estimate(mp.ModelSizes.official(Task.TI2V_5B),
                             mp.workload_for(Task.TI2V_5B, GenerateRequest(prompt="x")), mp.Layout())
     assert "image_encode" not in text_only.phases       # ti2v without an image: text mode
+
+
+def test_weight_dtype_follows_the_weights_setting():
+    from dataclasses import replace
+
+    from wan_core.config import ParamDtype
+
+    spec = EngineSpec(task=Task.T2V_A14B, ckpt_dir="", device="cuda")
+    assert mp.spec_weight_dtype(spec) == "bf16"
+    assert mp.spec_weight_dtype(replace(spec, param_dtype=ParamDtype.FP32)) == "fp32"
+    if hasattr(spec, "weights"):
+        from wan_core.config import WeightsMode
+
+        assert mp.spec_weight_dtype(replace(spec, weights=WeightsMode.FP8)) == "fp8"
+        assert mp.spec_weight_dtype(replace(spec, weights=WeightsMode.FP16)) == "fp16"
