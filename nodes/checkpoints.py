@@ -70,3 +70,45 @@ def resolve(name: str) -> str:
                 return os.path.abspath(path)
     where = ", ".join(_roots()) or "models/wan22"
     raise CheckpointError(f"checkpoint {name!r} is not a checkpoint folder in {where}.\n{LAYOUT_NOTE}")
+
+
+def _model_roots() -> list[tuple[str, str]]:
+    """(absolute folder, name to show) of every ComfyUI model folder, longest first:
+    ('/x/ComfyUI/models/wan22', 'wan22'), ('/x/ComfyUI/models/diffusion_models', 'diffusion_models'),
+    ..., ('/x/ComfyUI/models', 'models')."""
+    try:
+        import folder_paths
+    except ImportError:
+        return []
+    roots = [(os.path.abspath(folder_paths.models_dir), "models")]
+    for name, entry in getattr(folder_paths, "folder_names_and_paths", {}).items():
+        for path in entry[0]:
+            roots.append((os.path.abspath(path), name))
+    return sorted(set(roots), key=lambda r: len(r[0]), reverse=True)
+
+
+def shown_name(path: str) -> str:
+    """What the status route shows for a model path: relative to its ComfyUI model folder
+    ('wan22/Wan2.2-T2V-A14B', 'diffusion_models/wan2.2_..._fp8_scaled.safetensors'), else only the
+    last component: never where the models live on this machine."""
+    if not path:
+        return ""
+    full = os.path.abspath(path)
+    for root, name in _model_roots():
+        if full == root or full.startswith(root + os.sep):
+            rel = os.path.relpath(full, root)
+            return name if rel == "." else f"{name}/{rel}"
+    return os.path.basename(full.rstrip(os.sep))
+
+
+def hide_paths(obj):
+    """`obj` (the status payload: dicts, lists, strings) with every absolute model-folder path
+    in a string replaced by the folder's name (a failure message may quote a file)."""
+    if isinstance(obj, dict):
+        return {k: hide_paths(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [hide_paths(v) for v in obj]
+    if isinstance(obj, str) and os.sep in obj:
+        for root, name in _model_roots():
+            obj = obj.replace(root + os.sep, name + "/").replace(root, name)
+    return obj

@@ -12,6 +12,7 @@ from wan_core.config import TASKS, GuideScale, Task
 from wan_core.errors import ConfigError
 
 from .convert import audio_from_comfy
+from .links import node_label, require_links
 from .sockets import Experts, Speech, Text, schema, tip
 from .types import ExpertRouting, SpeechInput, TextPrompt
 
@@ -92,6 +93,7 @@ class Wan22MGAudioEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, audio, frames_per_clip, max_clips, start_from_ref) -> io.NodeOutput:
+        require_links(lambda: node_label(cls), audio=("AUDIO", audio))
         from wan_core.pipeline.s2v import S2VOptions
 
         options = S2VOptions(infer_frames=int(frames_per_clip), num_clip=int(max_clips) or None,

@@ -8,7 +8,8 @@ from comfy_api.latest import io
 from wan_core.config import AttentionBackend, OffloadMode, ParamDtype, Task
 from wan_core.errors import Cancelled
 
-from . import checkpoints
+from . import checkpoints, types
+from .links import node_label, require_links
 from .progress import NodeProgress
 from .registry import REGISTRY
 from .requests import build_spec
@@ -112,6 +113,7 @@ class Wan22MGRelease(io.ComfyNode):
 
     @classmethod
     def execute(cls, engine, after=None) -> io.NodeOutput:
+        require_links(lambda: node_label(cls), engine=(types.ENGINE, engine))
         count = REGISTRY.release(engine.spec)
         return io.NodeOutput(ui={"text": [f"released {count} worker group(s) of {engine.checkpoint}"]})
 

@@ -23,6 +23,8 @@ from typing import Callable, Optional
 from wan_core.config import EngineSpec, GenerateRequest, GenerateResult
 from wan_core.errors import WorkerFailure
 
+from .checkpoints import shown_name
+
 log = logging.getLogger(__name__)
 
 
@@ -169,7 +171,9 @@ class EngineRegistry:
             except Exception as exc:  # noqa: BLE001 - a status page must answer
                 ranks = {"alive": _alive(g.client), "error": f"{type(exc).__name__}: {exc}"}
             out["groups"].append({
-                "task": g.spec.task.value, "checkpoint": g.spec.ckpt_dir, "layout": _describe(g.spec),
+                "task": g.spec.task.value, "checkpoint": shown_name(g.spec.ckpt_dir),
+                "files": {part: shown_name(path) for part, path in vars(g.spec.files).items() if path},
+                "layout": _describe(g.spec),
                 "device": g.spec.device, "phase": g.phase, "requests": g.requests,
                 "load_s": round(g.load_s, 2), "started": g.started, "ranks": ranks})
         return out

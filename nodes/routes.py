@@ -37,7 +37,7 @@ def status_payload() -> dict:
     out["checkpoints"] = checkpoints.list_checkpoints()
     # What the web extension needs to offer valid layouts (Ulysses degrees divide the head count).
     out["tasks"] = {t.value: {"num_heads": s.num_heads, "moe": s.moe} for t, s in TASKS.items()}
-    return out
+    return checkpoints.hide_paths(out)     # names relative to the model folders, never absolute paths
 
 
 def install(server) -> None:

@@ -6,7 +6,9 @@ from comfy_api.latest import io
 from wan_core.config import TASKS, Solver, Task
 from wan_core.errors import Cancelled, InputError
 
+from . import types
 from .convert import video_to_frames
+from .links import node_label, require_links
 from .progress import NodeProgress, previews_enabled
 from .registry import REGISTRY
 from .requests import audio_for, build_request
@@ -53,6 +55,8 @@ class Wan22MGSampler(io.ComfyNode):
     @classmethod
     def execute(cls, engine, text, width, height, length, steps, shift, sampler, seed,
                 experts=None, image=None, audio=None) -> io.NodeOutput:
+        require_links(lambda: node_label(cls), engine=(types.ENGINE, engine), text=(types.TEXT, text),
+                      experts=(types.EXPERTS, experts), image=("IMAGE", image), audio=(types.AUDIO, audio))
         request = build_request(engine.task, text, width, height, length, steps, shift, sampler,
                                 seed, experts, image, audio)
         relay = NodeProgress(cls.hidden.unique_id if cls.hidden is not None else None,
@@ -84,6 +88,7 @@ class Wan22MGDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, latent) -> io.NodeOutput:
+        require_links(lambda: node_label(cls), latent=(types.LATENT, latent))
         result = latent.result
         if result.video is None:
             raise InputError("this result was not decoded by the engine (decode=False)")

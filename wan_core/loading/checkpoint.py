@@ -56,6 +56,21 @@ def _open_safetensors(path: Path):
             "delete it and download it again") from None
 
 
+def check_shard_name(name: object, index: Path) -> None:
+    """The rule for the shard names of a safetensors index: each is a plain file name in the index's
+    own folder (no folder part, no '..', not absolute), decided on the name alone. The shard file,
+    or the whole checkpoint folder, may be a symbolic link to elsewhere (a Hugging Face cache, a
+    models folder on another disk): only what the index says is confined, not where links lead.
+    So a damaged or hostile index cannot make the engine open (or report the size of) any other
+    file on the machine."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name or Path(name).is_absolute()):
+        raise CheckpointError(
+            f"{index} names the shard {name!r}, which is not a file name inside {index.parent}: an "
+            "index may only name files in its own folder (the index is damaged or not from the "
+            "official download; download it again)")
+
+
 class TensorSource:
     """Lazy key -> tensor access over safetensors shards, or over a dict of tensors.
 
@@ -103,6 +118,8 @@ class TensorSource:
             except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(f"{index} is not a valid safetensors index ({exc!r}); it must be "
                                       '{"metadata": {...}, "weight_map": {key: shard file}}') from None
+            for shard in weight_map.values():
+                check_shard_name(shard, index)
             shards = sorted(set(weight_map.values()))
             absent = [s for s in shards if not (folder / s).is_file()]
             if absent:
