@@ -9,4 +9,4 @@ sys.path); `requests.py`, `convert.py`, `registry.py`, `progress.py` and `checkp
 
 # The node ids are the identity of saved workflows: never rename them.
 NODE_IDS = ("Wan22MGModelLoader", "Wan22MGExpertRouter", "Wan22MGTextEncode", "Wan22MGAudioEncode",
-            "Wan22MGSampler", "Wan22MGDecode", "Wan22MGRelease")
+            "Wan22MGSampler", "Wan22MGDecode", "Wan22MGRelease", "Wan22MGLoRA")

@@ -60,16 +60,19 @@ class Wan22MGExpertRouter(io.ComfyNode):
                                tooltip=tip("GuideScale.high_noise")),
                 io.Float.Input("guidance_low_noise", default=low, min=0.0, max=50.0, step=0.1, round=0.01,
                                tooltip=tip("GuideScale.low_noise")),
+                io.Int.Input("switch_step", default=0, min=0, max=1000, optional=True,
+                             tooltip=tip("GenerateRequest.switch_step")),
             ],
             outputs=[Experts.Output("experts", display_name="experts")],
         )
 
     @classmethod
-    def execute(cls, boundary, guidance_high_noise, guidance_low_noise) -> io.NodeOutput:
+    def execute(cls, boundary, guidance_high_noise, guidance_low_noise, switch_step=None) -> io.NodeOutput:
         if not 0.0 <= boundary <= 1.0:
             raise ConfigError(f"boundary={boundary} must be a fraction in [0, 1]")
         guide = GuideScale(low_noise=float(guidance_low_noise), high_noise=float(guidance_high_noise))
-        return io.NodeOutput(ExpertRouting(boundary=float(boundary), guide=guide))
+        return io.NodeOutput(ExpertRouting(boundary=float(boundary), guide=guide,
+                                           switch_step=int(switch_step or 0)))
 
 
 class Wan22MGAudioEncode(io.ComfyNode):

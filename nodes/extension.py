@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension
 
-from . import conditioning_nodes, engine_nodes, sampling_nodes
+from . import conditioning_nodes, engine_nodes, lora_nodes, sampling_nodes
 
-FAMILIES = (engine_nodes, conditioning_nodes, sampling_nodes)
+FAMILIES = (engine_nodes, lora_nodes, conditioning_nodes, sampling_nodes)
 
 
 def node_classes() -> list:

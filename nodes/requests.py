@@ -64,7 +64,7 @@ def build_spec(task: str, ckpt_dir: str, gpus: int, ulysses_size: int, cfg_paral
 
 
 def build_request(task: Task, text, width, height, length, steps, shift, sampler, seed,
-                  experts=None, image=None, audio=None) -> GenerateRequest:
+                  experts=None, image=None, audio=None, loras: tuple = ()) -> GenerateRequest:
     """Node inputs -> the engine's request (the engine validates the values against the task)."""
     spec = TASKS[task]
     if image is not None and not spec.accepts_image:
@@ -82,6 +82,7 @@ def build_request(task: Task, text, width, height, length, steps, shift, sampler
         steps=int(steps), shift=float(shift),
         guide_scale=experts.guide if experts is not None else None,
         boundary=experts.boundary if experts is not None else None,
+        switch_step=getattr(experts, "switch_step", 0) or None, loras=tuple(loras),
         solver=Solver.parse(sampler), seed=int(seed),
         image=image_to_engine(image) if image is not None else None,
         audio=audio.audio if audio is not None else None,

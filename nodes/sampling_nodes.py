@@ -58,7 +58,7 @@ class Wan22MGSampler(io.ComfyNode):
         require_links(lambda: node_label(cls), engine=(types.ENGINE, engine), text=(types.TEXT, text),
                       experts=(types.EXPERTS, experts), image=("IMAGE", image), audio=(types.AUDIO, audio))
         request = build_request(engine.task, text, width, height, length, steps, shift, sampler,
-                                seed, experts, image, audio)
+                                seed, experts, image, audio, loras=engine.loras)
         relay = NodeProgress(cls.hidden.unique_id if cls.hidden is not None else None,
                              want_preview=previews_enabled())
         try:

@@ -27,6 +27,8 @@ class EngineHandle:
 
     spec: EngineSpec
     checkpoint: str          # the name the user picked (a folder under models/wan22/)
+    loras: tuple = ()        # LoraSpec entries added by Wan2.2 Multi-GPU LoRA nodes, in order;
+                             # not part of the spec: changing them never restarts the group
 
     @property
     def task(self) -> Task:
@@ -49,6 +51,7 @@ class ExpertRouting:
 
     boundary: float
     guide: GuideScale
+    switch_step: int = 0     # > 0: switch by step index instead of the boundary
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,12 @@ PROMPTS = {
                   "on a spotlighted stage.",
     Task.S2V_14B: "A person is talking to the camera in a bright room, natural head motion.",
 }
+# ComfyUI's own 4-step templates (video_wan2_2_14B_t2v/i2v.json): the lightx2v LoRAs, one per expert.
+LORA_URL = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/loras/"
+LORAS_4STEP = {Task.T2V_A14B: ("wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors",
+                               "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors"),
+               Task.I2V_A14B: ("wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
+                               "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors")}
 IMAGE = "example.png"                 # ships with ComfyUI (input/example.png)
 AUDIO = "wan22_s2v_speech.wav"        # the user's own speech recording, in ComfyUI/input/
 
@@ -78,6 +84,25 @@ def note_text(task: Task, gpus: int) -> str:
             f"{spec.frame_num} frames{' per clip' if task == Task.S2V_14B else ''} at "
             f"{spec.fps} fps, {spec.sample_steps} steps, shift {spec.sample_shift:g}. An empty "
             "negative prompt uses the official one.")
+
+
+def lora_4step_workflow(task: Task, gpus: int) -> tuple[dict, dict, dict]:
+    """The 4-step LoRA variant, as ComfyUI's own template runs it: the lightx2v LoRA of each expert
+    (strength 1), euler, 4 steps, shift 5, guidance 1, switch after step 2, 640x640, 81 frames.
+    Returns (API prompt, positions, {node id: properties.models})."""
+    p, pos = api_workflow(task, gpus)
+    high, low = LORAS_4STEP[task]
+    p["11"] = {"class_type": "Wan22MGLoRA", "inputs": {"engine": ["1", 0], "lora_name": high,
+                                                        "strength": 1.0, "expert": "high_noise"}}
+    p["12"] = {"class_type": "Wan22MGLoRA", "inputs": {"engine": ["11", 0], "lora_name": low,
+                                                        "strength": 1.0, "expert": "low_noise"}}
+    p["4"]["inputs"].update(engine=["12", 0], width=640, height=640, length=81, steps=4, shift=5.0,
+                            sampler="euler")
+    p["3"]["inputs"].update(guidance_high_noise=1.0, guidance_low_noise=1.0, switch_step=2)
+    pos = dict(pos, **{"11": [0, 720], "12": [0, 880]})
+    models = {k: [{"name": name, "url": LORA_URL + name, "directory": "loras"}]
+              for k, name in (("11", high), ("12", low))}
+    return p, pos, models
 
 
 def api_workflow(task: Task, gpus: int) -> tuple[dict, dict]:
@@ -123,14 +148,19 @@ def api_workflow(task: Task, gpus: int) -> tuple[dict, dict]:
     return p, pos
 
 
-def workflow_name(task: Task, gpus: int) -> str:
-    return f"wan22_{task.value}_{gpus}gpu"
+def workflow_name(task: Task, gpus: int, lora4: bool = False) -> str:
+    return f"wan22_{task.value}_{'4step_lora_' if lora4 else ''}{gpus}gpu"
 
 
-ALL = [(task, gpus) for task in (Task.T2V_A14B, Task.I2V_A14B, Task.TI2V_5B, Task.S2V_14B) for gpus in (1, 2)]
+ALL = [(task, gpus, False) for task in (Task.T2V_A14B, Task.I2V_A14B, Task.TI2V_5B, Task.S2V_14B)
+       for gpus in (1, 2)] + [(task, gpus, True) for task in LORAS_4STEP for gpus in (1, 2)]
 
 _LAYOUT_JS = """
-async ([pos, note, noteTitle]) => {
+async ([pos, note, noteTitle, models]) => {
+  for (const [id, entries] of Object.entries(models || {})) {   // the frontend offers these downloads
+    const n = app.graph.getNodeById(+id);
+    if (n) n.properties = {...(n.properties || {}), models: entries};
+  }
   for (const [id, xy] of Object.entries(pos)) {
     if (id === 'note') continue;
     const n = app.graph.getNodeById(+id);
@@ -150,10 +180,19 @@ async ([pos, note, noteTitle]) => {
 """
 
 
-def export(frontend: harness.Frontend, task: Task, gpus: int) -> dict:
-    prompt, pos = api_workflow(task, gpus)
-    frontend.load(prompt, workflow_name(task, gpus) + ".json")
-    frontend.js(_LAYOUT_JS, [pos, note_text(task, gpus), "Read me: where the model files go"])
+def export(frontend: harness.Frontend, task: Task, gpus: int, lora4: bool = False) -> dict:
+    if lora4:
+        prompt, pos, models = lora_4step_workflow(task, gpus)
+        high, low = LORAS_4STEP[task]
+        note = (note_text(task, gpus) + "\n\n4-step LoRA path of ComfyUI's own template: put "
+                f"{high} and {low} in ComfyUI/models/loras/ (the LoRA nodes offer the download); "
+                "euler, 4 steps, shift 5, guidance 1 (one forward per step), high-noise expert for "
+                "steps 0-2 (router switch_step 2), 640x640, 81 frames.")
+    else:
+        (prompt, pos), models = api_workflow(task, gpus), {}
+        note = note_text(task, gpus)
+    frontend.load(prompt, workflow_name(task, gpus, lora4) + ".json")
+    frontend.js(_LAYOUT_JS, [pos, note, "Read me: where the model files go", models])
     frontend.page.wait_for_timeout(300)
     return frontend.serialize()
 
@@ -214,15 +253,19 @@ def main() -> int:
             sub.mkdir(parents=True, exist_ok=True)
             (sub / "config.json").write_text("{}")
         (base / "input" / AUDIO).write_bytes(b"")
+        (base / "models" / "loras").mkdir(parents=True, exist_ok=True)
+        for names in LORAS_4STEP.values():     # stand-ins so the LoRA combos offer the names
+            for name in names:
+                (base / "models" / "loras" / name).write_bytes(b"")
         shutil.copyfile(comfy / "input" / IMAGE, base / "input" / IMAGE)
         server = harness.Server(comfy, python, base).start()
         try:
             with harness.Frontend(server.url) as fe:
-                for task, gpus in ALL:
-                    name = workflow_name(task, gpus)
+                for task, gpus, lora4 in ALL:
+                    name = workflow_name(task, gpus, lora4)
                     if args.only and name not in args.only:
                         continue
-                    wf = export(fe, task, gpus)
+                    wf = export(fe, task, gpus, lora4)
                     missing = fe.missing_nodes(wf)
                     if missing or fe.page_errors:
                         print(f"{name}: missing {missing}, page errors {fe.page_errors}", file=sys.stderr)

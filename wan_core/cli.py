@@ -104,13 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--neg_prompt", default=None, help="negative prompt (default: the official one)")
     g.add_argument("--base_seed", type=int, default=-1, help="seed; -1 picks a random one (default)")
     g.add_argument("--image", default=None, help="input image (i2v-A14B: required; ti2v-5B: optional)")
-    g.add_argument("--sample_solver", default=Solver.UNIPC.value, choices=[s.value for s in Solver])
+    g.add_argument("--sample_solver", default=Solver.UNIPC.value, choices=[s.value for s in Solver],
+                   help="unipc (official default), dpm++, or euler (ComfyUI's euler on its 'simple' "
+                        "schedule: the 4-step LoRA templates use euler, 4 steps, shift 5, guidance 1)")
     g.add_argument("--sample_steps", type=int, default=None, help="denoising steps (default 40; ti2v-5B 50)")
     g.add_argument("--sample_shift", type=float, default=None, help="noise schedule shift (task default)")
     g.add_argument("--sample_guide_scale", default=None,
                    help="classifier-free guidance: one value, or LOW,HIGH for the two MoE experts")
     g.add_argument("--boundary", type=float, default=None,
                    help="MoE expert switch as a fraction of 1000 timesteps (default 0.875 t2v, 0.900 i2v)")
+    g.add_argument("--switch_step", type=int, default=0,
+                   help="MoE expert switch by step index instead: steps before N run the high-noise "
+                        "expert (ComfyUI templates: 2 of 4); 0 = use --boundary (default)")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="LoRA .safetensors on every expert (repeatable; strength default 1.0)")
+    g.add_argument("--lora_high_noise", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="LoRA on the high-noise expert only (repeatable)")
+    g.add_argument("--lora_low_noise", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="LoRA on the low-noise expert only (repeatable)")
     g.add_argument("--convert_model_dtype", action="store_true",
                    help="DiT weights in bf16 (our default on CUDA; kept for the official flag)")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -304,7 +315,7 @@ def build_request(args, task: Task) -> GenerateRequest:
             steps=args.sample_steps, shift=args.sample_shift,
             guide_scale=GuideScale.parse(args.sample_guide_scale) if args.sample_guide_scale is not None else None,
             boundary=args.boundary, solver=Solver.parse(args.sample_solver), seed=args.base_seed, image=image,
-            audio=AudioInput(path=args.audio),
+            loras=lora_specs(args), audio=AudioInput(path=args.audio),
             s2v=S2VOptions(infer_frames=args.infer_frames, num_clip=args.num_clip, pose_video=args.pose_video,
                            start_from_ref=args.start_from_ref))
     if s2v_flags:
@@ -315,7 +326,23 @@ def build_request(args, task: Task) -> GenerateRequest:
         size=parse_size(args.size) if args.size else None,
         frame_num=args.frame_num, steps=args.sample_steps, shift=args.sample_shift,
         guide_scale=GuideScale.parse(args.sample_guide_scale) if args.sample_guide_scale is not None else None,
-        boundary=args.boundary, solver=Solver.parse(args.sample_solver), seed=args.base_seed, image=image)
+        boundary=args.boundary, solver=Solver.parse(args.sample_solver), seed=args.base_seed, image=image,
+        switch_step=args.switch_step, loras=lora_specs(args))
+
+
+def lora_specs(args) -> tuple:
+    """--lora / --lora_high_noise / --lora_low_noise -> LoraSpec entries (files checked to exist here,
+    so a typo fails before any model loads)."""
+    from .config import LoraSpec, LoraTarget
+
+    specs = [LoraSpec.parse(text, target)
+             for flag, target in (("lora", LoraTarget.BOTH), ("lora_high_noise", LoraTarget.HIGH_NOISE),
+                                  ("lora_low_noise", LoraTarget.LOW_NOISE))
+             for text in getattr(args, flag, None) or []]
+    for spec in specs:
+        if not os.path.isfile(spec.path):
+            raise ConfigError(f"LoRA file {spec.path!r} does not exist (--lora FILE[:STRENGTH])")
+    return tuple(specs)
 
 
 def default_save_file(args, task: Task, ulysses_size: int, prompt: str) -> str:

@@ -31,8 +31,13 @@ class Task(str, enum.Enum):
 
 
 class Solver(str, enum.Enum):
+    """`unipc` / `dpm++`: the official flow solvers (official sigmas, int64 timesteps).
+    `euler`: ComfyUI's `euler` sampler on its `simple` schedule of `ModelSamplingSD3(shift)`
+    (float timesteps sigma * 1000), as the 4-step LoRA templates run it."""
+
     UNIPC = "unipc"
     DPMPP = "dpm++"
+    EULER = "euler"
 
     @classmethod
     def parse(cls, value: "str | Solver") -> "Solver":
@@ -41,7 +46,8 @@ class Solver(str, enum.Enum):
         for solver in cls:
             if solver.value == str(value).lower():
                 return solver
-        raise ConfigError(f"unknown sample_solver {value!r}; choose 'unipc' or 'dpm++'")
+        raise ConfigError(f"unknown sample_solver {value!r}; choose one of "
+                          f"{', '.join(repr(s.value) for s in cls)}")
 
 
 class OffloadMode(str, enum.Enum):
@@ -315,6 +321,57 @@ class GenerateRequest:
     audio: Optional[object] = None            # AudioInput for S2V (defined by the S2V pipeline), or None
     s2v: Optional[object] = None              # S2VOptions (infer_frames, num_clip, pose video...), or None
     decode: bool = True                       # False: return the latent only
+    switch_step: Optional[int] = None         # MoE switch by step index (None/0: use `boundary`)
+    loras: tuple = ()                         # LoraSpec entries, applied in order (loading/lora.py)
+
+
+class LoraTarget(str, enum.Enum):
+    """Which expert(s) a LoRA patches (single-model tasks: `both` means the one model)."""
+
+    BOTH = "both"
+    HIGH_NOISE = "high_noise"
+    LOW_NOISE = "low_noise"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One LoRA of a request: a .safetensors file, its strength and the expert(s) it patches.
+
+    Part of the request, not of the engine: between prompts the engine applies the difference
+    (loading/lora.py) without reading any base weight again."""
+
+    path: str
+    strength: float = 1.0
+    expert: LoraTarget = LoraTarget.BOTH
+
+    @classmethod
+    def parse(cls, text: str, expert: "LoraTarget | str" = LoraTarget.BOTH) -> "LoraSpec":
+        """CLI form 'FILE[:STRENGTH]' (a ':' followed by a number at the end is the strength)."""
+        text = str(text)
+        path, sep, tail = text.rpartition(":")
+        strength = 1.0
+        if not sep or not path or text.lower().endswith(".safetensors") or "/" in tail or "\\" in tail:
+            path = text            # no strength given (a ':' inside the path is kept)
+        else:
+            try:
+                strength = float(tail)
+            except ValueError:
+                raise ConfigError(f"LoRA {text!r}: strength {tail!r} is not a number; write "
+                                  "FILE[:STRENGTH], e.g. my_lora.safetensors:0.8") from None
+        return cls(path=path, strength=strength, expert=LoraTarget(expert)).checked()
+
+    def checked(self) -> "LoraSpec":
+        if not self.path:
+            raise ConfigError("LoRA: empty file name; give the path of a .safetensors file")
+        s = self.strength
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+            raise ConfigError(f"LoRA {self.path}: strength {s!r} is not a finite number")
+        try:
+            LoraTarget(self.expert)
+        except ValueError:
+            raise ConfigError(f"LoRA {self.path}: expert {self.expert!r}; choose "
+                              f"{', '.join(t.value for t in LoraTarget)}") from None
+        return self
 
 
 @dataclass

@@ -70,6 +70,14 @@ FIELDS: dict[str, FieldDoc] = {
         "MoE switch point as a fraction of the 1000 train timesteps: steps at or above boundary x 1000 "
         "run the high-noise expert (0: high-noise expert only, 1: low-noise only)",
         lambda s: s.boundary if s.moe else None),
+    "GenerateRequest.switch_step": FieldDoc(
+        "MoE switch by step index, as ComfyUI's templates split their two KSamplerAdvanced nodes: "
+        "steps before it run the high-noise expert (4-step LoRA templates: 2); 0 = use the boundary"),
+    "LoraSpec.path": FieldDoc("a LoRA from ComfyUI's models/loras folder (Wan2.2 LoRAs in any key "
+                              "format ComfyUI reads: diffusion_model., lora_unet_, Wan-Fun)"),
+    "LoraSpec.strength": FieldDoc("how strongly the LoRA applies (0 = off; negative values invert it)"),
+    "LoraSpec.expert": FieldDoc("which MoE expert the LoRA patches: both, or the high-/low-noise one "
+                                "(4-step LoRAs come as a high-noise and a low-noise file)"),
     "GuideScale.high_noise": FieldDoc("CFG scale of the high-noise expert (early steps: layout and "
                                       "motion); 1 skips the negative prompt", lambda s: s.guide_scale[1]),
     "GuideScale.low_noise": FieldDoc("CFG scale of the low-noise expert (late steps: detail)",

@@ -27,7 +27,7 @@ import comfyui_harness as harness
 from comfyui_harness import REPO
 
 IDS = ("Wan22MGModelLoader", "Wan22MGExpertRouter", "Wan22MGTextEncode", "Wan22MGAudioEncode",
-       "Wan22MGSampler", "Wan22MGDecode", "Wan22MGRelease")
+       "Wan22MGSampler", "Wan22MGDecode", "Wan22MGRelease", "Wan22MGLoRA")
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +222,39 @@ def test_build_request():
         build_request(Task.T2V_A14B, text, 64, 48, 5, 3, 5.0, "unipc", 7, image=torch.rand(1, 8, 8, 3))
     with pytest.raises(InputError, match="needs audio"):
         build_request(Task.S2V_14B, text, 64, 48, 5, 3, 5.0, "unipc", 7, image=torch.rand(1, 8, 8, 3))
+
+
+def test_lora_node_chains_into_the_request(v3, monkeypatch, tmp_path):
+    """Two chained LoRA nodes -> the handle carries both (same spec: no group restart) -> the
+    sampler's request; the router's switch_step reaches it too; bad picks are one clear line."""
+    from nodes import lora_nodes
+    from nodes.types import EngineHandle
+    from wan_core.config import LoraSpec, LoraTarget
+
+    classes, _ = v3
+    lora = classes["Wan22MGLoRA"]
+    monkeypatch.setattr(lora_nodes, "resolve", lambda name: str(tmp_path / name))
+    handle = EngineHandle(spec=EngineSpec(task=Task.T2V_A14B, ckpt_dir="x"), checkpoint="x")
+    one = lora.execute(handle, "high.safetensors", 1.0, "high_noise").args[0]
+    two = lora.execute(one, "style.safetensors", 0.5, LoraTarget.BOTH).args[0]
+    assert two.spec == handle.spec and handle.loras == ()
+    assert two.loras == (LoraSpec(str(tmp_path / "high.safetensors"), 1.0, LoraTarget.HIGH_NOISE),
+                         LoraSpec(str(tmp_path / "style.safetensors"), 0.5, LoraTarget.BOTH))
+    routed = classes["Wan22MGExpertRouter"].execute(0.875, 1.0, 1.0, 2).args[0]
+    r = build_request(Task.T2V_A14B, TextPrompt("a cat"), 64, 48, 5, 4, 5.0, "euler", 7,
+                      experts=routed, loras=two.loras)
+    assert r.loras == two.loras and r.switch_step == 2 and r.solver.value == "euler"
+    assert build_request(Task.T2V_A14B, TextPrompt("a cat"), 64, 48, 5, 4, 5.0, "euler", 7,
+                         experts=classes["Wan22MGExpertRouter"].execute(0.875, 1.0, 1.0).args[0]).switch_step is None
+    with pytest.raises(InputError, match="single model; use expert 'both'"):
+        lora.execute(EngineHandle(spec=EngineSpec(task=Task.TI2V_5B, ckpt_dir="x"), checkpoint="x"),
+                     "high.safetensors", 1.0, "high_noise")
+    with pytest.raises(InputError, match="no LoRA in ComfyUI's models/loras"):
+        lora.execute(handle, lora_nodes.NONE_FOUND, 1.0, "both")
+    monkeypatch.undo()
+    monkeypatch.setattr(lora_nodes, "list_loras", lambda: [])
+    with pytest.raises(InputError, match="'gone.safetensors' is not in ComfyUI's models/loras"):
+        lora_nodes.resolve("gone.safetensors")
 
 
 def test_phase_text():

@@ -19,7 +19,7 @@ import comfyui_harness as harness
 pytestmark = [pytest.mark.comfy, pytest.mark.slow]
 
 NODE_IDS = ("Wan22MGModelLoader", "Wan22MGExpertRouter", "Wan22MGTextEncode", "Wan22MGAudioEncode",
-            "Wan22MGSampler", "Wan22MGDecode", "Wan22MGRelease")
+            "Wan22MGSampler", "Wan22MGDecode", "Wan22MGRelease", "Wan22MGLoRA")
 WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
 TINY = {"width": 64, "height": 64, "length": 5, "steps": 3}
 INPUTS = {"i2v-A14B": "i2v_input.png", "ti2v-5B": "ti2v_input.png", "s2v-14B": "s2v_ref.png"}
@@ -77,6 +77,26 @@ def missing(reason: str) -> None:
     pytest.skip(reason)
 
 
+def write_tiny_loras(folder: Path, tiny_dir: Path) -> None:
+    """Random rank-4 LoRAs for the tiny A14B models under the names the 4-step workflows pick
+    (ComfyUI's lightx2v files), so those workflows run here as shipped."""
+    from safetensors.torch import save_file
+
+    from wan_core.loading.checkpoint import dit_on_meta
+    from wan_core.loading.lora import param_shapes, random_lora
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {"t2v-A14B": ("wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors",
+                          "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors"),
+             "i2v-A14B": ("wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
+                          "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors")}
+    for task, files in names.items():
+        for seed, (expert, name) in enumerate(zip(("high_noise_model", "low_noise_model"), files)):
+            with dit_on_meta(tiny_dir / "ckpt" / task / expert) as (meta, _source, _variant):
+                shapes = param_shapes(meta)
+            save_file(random_lora(shapes, rank=4, seed=seed, scale=0.05), str(folder / name))
+
+
 def make_broken_checkpoint(models: Path, tiny_task: Path) -> str:
     """models/wan22/broken-t2v: the t2v layout with its second high-noise shard cut in half."""
     dst = models / "broken-t2v"
@@ -103,6 +123,7 @@ def comfy(tmp_path_factory, tiny_dir):
     if not Path(harness.CHROMIUM).exists():
         missing(f"no chromium at {harness.CHROMIUM} (scripts/comfy_setup.sh installs Debian's)")
     base = harness.make_base_dir(tmp_path_factory.mktemp("comfy_base"), tiny_dir)
+    write_tiny_loras(base / "models" / "loras", tiny_dir)
     models = base / "models" / "wan22"
     broken = make_broken_checkpoint(models, models / "t2v-A14B")
     server = harness.Server(comfy_dir, python, base).start()
@@ -176,7 +197,7 @@ def exported(comfy):
 
 
 def test_workflows_load_in_the_frontend_and_export(exported):
-    assert len(WORKFLOWS) == 8, [w.name for w in WORKFLOWS]
+    assert len(WORKFLOWS) == 12, [w.name for w in WORKFLOWS]
     assert set(NODE_IDS) <= exported.registered and exported.extension
     for path in WORKFLOWS:
         wf = json.loads(path.read_text())
@@ -201,6 +222,17 @@ def test_workflows_load_in_the_frontend_and_export(exported):
         else:
             assert "ulysses_size" not in hidden and "offload" in hidden, (path.name, hidden)   # dit_fsdp on
         assert ("length" in exported.sampler_hidden[path.stem]) == (loader["task"] == "s2v-14B"), path.name
+        if "4step_lora" in path.stem:     # ComfyUI's template path: LoRA per expert, euler 4 steps cfg 1
+            loras = [n for n in wf["nodes"] if n["type"] == "Wan22MGLoRA"]
+            assert len(loras) == 2, path.name
+            for n in loras:
+                (entry,) = n["properties"]["models"]
+                assert entry["directory"] == "loras" and entry["name"] == n["widgets_values"][0]
+                assert entry["url"].startswith("https://huggingface.co/Comfy-Org/") and entry["url"].endswith(entry["name"])
+            sampler = api[by_class(api, "Wan22MGSampler")]["inputs"]
+            router = api[by_class(api, "Wan22MGExpertRouter")]["inputs"]
+            assert (sampler["sampler"], sampler["steps"], sampler["shift"]) == ("euler", 4, 5.0)
+            assert (router["guidance_high_noise"], router["guidance_low_noise"], router["switch_step"]) == (1.0, 1.0, 2)
     assert exported.snapped in ([4, 4], [6, 6]), exported.snapped     # 24 heads: 5 is not a valid degree
     assert exported.status_line == "no workers running"               # from GET /wan22mg/status
     assert exported.page_errors == [] and exported.console_errors == [], (exported.page_errors,

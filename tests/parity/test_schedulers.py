@@ -152,7 +152,7 @@ def test_interface():
 
 
 @pytest.mark.parametrize("bad", [dict(steps=0), dict(steps=2.5), dict(shift=0.0), dict(shift=float("inf")),
-                                 dict(shift=float("nan")), dict(solver="euler")])
+                                 dict(shift=float("nan")), dict(solver="heun")])
 def test_bad_arguments(bad):
     args = dict(solver="unipc", steps=4, shift=5.0) | bad
     with pytest.raises(ConfigError):

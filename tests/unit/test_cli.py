@@ -192,3 +192,32 @@ def test_doctor_reports_this_machine():
     total = shutil.disk_usage("/dev/shm").total / 1024 ** 3
     assert lines["/dev/shm"].endswith(f"of {total:.2f} GiB")
     assert proc.stdout.rstrip().endswith("warning(s)")
+
+
+def test_lora_and_switch_step_flags(tmp_path):
+    """--lora / --lora_high_noise / --lora_low_noise FILE[:STRENGTH] (repeatable) and --switch_step
+    reach the request; a strength that is not a number or a missing file is one error line."""
+    from wan_core.cli import build_parser, build_request
+    from wan_core.config import LoraSpec, LoraTarget, Task
+    from wan_core.errors import ConfigError
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(b""), b.write_bytes(b"")
+    args = build_parser().parse_args(
+        ["generate", "--task", "t2v-A14B", "--lora", f"{a}:0.5", "--lora", str(b),
+         "--lora_high_noise", f"{b}:-1", "--lora_low_noise", str(a), "--sample_solver", "euler",
+         "--switch_step", "2"])
+    req = build_request(args, Task.T2V_A14B)
+    assert req.loras == (LoraSpec(str(a), 0.5), LoraSpec(str(b), 1.0),
+                         LoraSpec(str(b), -1.0, LoraTarget.HIGH_NOISE), LoraSpec(str(a), 1.0, LoraTarget.LOW_NOISE))
+    assert req.switch_step == 2 and req.solver.value == "euler"
+    for bad, needle in ((f"{a}:strong", "strength 'strong' is not a number"),
+                        (str(tmp_path / "gone.safetensors"), "gone.safetensors' does not exist")):
+        args = build_parser().parse_args(["generate", "--task", "t2v-A14B", "--lora", bad])
+        with pytest.raises(ConfigError, match=needle):
+            build_request(args, Task.T2V_A14B)
+
+
+def test_missing_lora_file_is_one_line(ckpt, tmp_path):
+    assert_user_error(run_cli(*gen(ckpt, "--lora", str(tmp_path / "nope.safetensors:0.8"))),
+                      "nope.safetensors", "does not exist")

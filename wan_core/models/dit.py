@@ -159,8 +159,9 @@ class WanAttentionBlock(nn.Module):
         x = x + y * self.mod(e0, 2)
         x = x + self.cross_attn(self.norm3(x), context)
         h = self.norm2(x).float() * (1 + self.mod(e0, 4)) + self.mod(e0, 3)
-        ffn0 = self.ffn[0]
-        y = self.ffn(h.to(ffn0.weight.dtype))
+        # Through `linear` (not the Sequential) so a LoRA's `lora_delta` reaches the FFN too.
+        ffn0, ffn2 = self.ffn[0], self.ffn[2]
+        y = linear(F.gelu(linear(h.to(ffn0.weight.dtype), ffn0), approximate="tanh"), ffn2)
         x = x + y * self.mod(e0, 5)
         return x
 

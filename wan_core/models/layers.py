@@ -20,15 +20,23 @@ import torch.nn.functional as F
 
 
 def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """A big linear: the input is cast to the weight's dtype (bf16 weights -> bf16 matmul)."""
+    """A big linear: the input is cast to the weight's dtype (bf16 weights -> bf16 matmul).
+
+    Injection point: `layer.lora_delta`, when set from outside (loading/lora.py), is called as
+    `delta(x, out) -> out` and adds the LoRA terms; the model never sets it."""
     w = layer.weight
-    return F.linear(x.to(w.dtype), w, layer.bias)
+    out = F.linear(x.to(w.dtype), w, layer.bias)
+    delta = layer.__dict__.get("lora_delta")
+    return out if delta is None else delta(x, out)
 
 
 def linear_fp32(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """A precision-sensitive linear (time MLP, head): always computed in float32."""
+    """A precision-sensitive linear (time MLP, head): always computed in float32 (`lora_delta`
+    as in `linear`)."""
     b = layer.bias.float() if layer.bias is not None else None
-    return F.linear(x.float(), layer.weight.float(), b)
+    out = F.linear(x.float(), layer.weight.float(), b)
+    delta = layer.__dict__.get("lora_delta")
+    return out if delta is None else delta(x.float(), out)
 
 
 class RMSNorm(nn.Module):

@@ -304,7 +304,8 @@ class S2VAttentionBlock(WanAttentionBlock):
         x = x + gate(self.self_attn(h, rope, k_lens), mod(2))
         x = x + self.cross_attn(self.norm3(x), context)
         h = affine(self.norm2(x).float(), mod(4), mod(3))
-        y = self.ffn(h.to(self.ffn[0].weight.dtype))
+        ffn0, ffn2 = self.ffn[0], self.ffn[2]   # through `linear`: LoRA deltas apply (models/layers.py)
+        y = linear(F.gelu(linear(h.to(ffn0.weight.dtype), ffn0), approximate="tanh"), ffn2)
         return x + gate(y, mod(5))
 
 

@@ -2,7 +2,7 @@
 
 Per step (official `generate()` of WanT2V / WanI2V / WanTI2V, docs/wan22_reference.md §5):
 1. every rank agrees whether to stop (`dist.agree_stop`), so all ranks leave at the same step;
-2. the expert and guidance for the step's timestep (`ExpertSchedule`, MoE boundary);
+2. the expert and guidance for the step (`ExpertSchedule`: MoE boundary or `switch_step`);
 3. the conditional and unconditional predictions: one batched forward (B=2) on one device, one
    branch per rank with CFG parallelism, or the conditional one only when guidance is 1;
 4. `noise = uncond + g * (cond - uncond)`;
@@ -40,7 +40,7 @@ class DenoiseInputs:
 
     latent: Tensor                      # [C, F, H, W] float32: initial noise (frame 0 replaced for TI2V image mode)
     context: Tensor                     # [L, 4096] prompt
-    context_null: Tensor                # [L', 4096] negative prompt
+    context_null: Optional[Tensor]      # [L', 4096] negative prompt; None when every guide is 1
     seq_len: int                        # padded token count (multiple of the Ulysses degree)
     schedule: ExpertSchedule
     timestep_input: Callable[[int], Tensor]          # t -> the DiT's t: [1] int64 or [1, seq_len] float32
@@ -48,9 +48,14 @@ class DenoiseInputs:
     post_step: Optional[Callable[[Tensor], Tensor]] = None   # applied after every scheduler step
 
 
-def scalar_timestep(device) -> Callable[[int], Tensor]:
-    """The [1] int64 timestep of T2V / I2V (official `torch.stack([t])`)."""
-    return lambda t: torch.tensor([int(t)], dtype=torch.int64, device=device)
+def scalar_timestep(device) -> Callable[[float], Tensor]:
+    """The [1] timestep of T2V / I2V: int64 for the official solvers (`torch.stack([t])`), float32
+    for `euler` (ComfyUI gives the model `sigma * 1000` untruncated)."""
+    def make(t) -> Tensor:
+        if isinstance(t, float):
+            return torch.tensor([t], dtype=torch.float32, device=device)
+        return torch.tensor([int(t)], dtype=torch.int64, device=device)
+    return make
 
 
 def _cfg_exchange(dist, out: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,8 +121,8 @@ def denoise(models: ModelProvider, scheduler, inputs: DenoiseInputs, dist, hooks
     latent = inputs.latent
     if trace is not None:
         trace("call00_x_in", latent.detach().float().cpu())
-    timesteps = [int(t) for t in scheduler.timesteps]
-    experts = [inputs.schedule.expert_for(t) for t in timesteps]
+    timesteps = [t.item() for t in scheduler.timesteps]     # int (official) or float (euler)
+    experts = [inputs.schedule.expert_at(i, t) for i, t in enumerate(timesteps)]
     prefetch = getattr(models, "prefetch", None)
     total = len(timesteps)
     start = time.perf_counter()
@@ -130,7 +135,7 @@ def denoise(models: ModelProvider, scheduler, inputs: DenoiseInputs, dist, hooks
             if dist.agree_stop(hooks.stop_requested()):
                 raise Cancelled(step)
             expert = experts[step]
-            guide = inputs.schedule.guide_for(t)
+            guide = inputs.schedule.guide_at(step, t)
             model = models.get(expert)
             if prefetch is not None and step + 1 < total and experts[step + 1] != expert:
                 prefetch(experts[step + 1])   # the copy overlaps this step's compute

@@ -179,6 +179,7 @@ class WanEngine:
         dits = {Expert(name): self._load_dit(folder, dtype, offload, kernel)
                 for name, folder in folders.items()}
         self.models = expert_provider(dits, self.dist, par)
+        self.loras = self._lora_manager(dits)
         self.load_timings["dit"] = time.perf_counter() - t0
         if self.is_s2v:   # wav2vec2 in float32 (official precision) on the engine's device
             t0 = time.perf_counter()
@@ -253,6 +254,26 @@ class WanEngine:
         model = load(folder, dtype=dtype, device=where, kernel=kernel, s2v=self.is_s2v)
         return parallelize_dit(model, self.dist, par)
 
+    def _lora_manager(self, dits):
+        """LoRAs of every expert (loading/lora.py): run-time deltas on Linear layers, in-place
+        deltas with exact backups elsewhere, on this rank's FSDP rows and offload masters."""
+        from ..distributed import fsdp as fsdp_
+        from ..loading.lora import LoraManager
+
+        slots = list(getattr(self.models, "slots", {}).values())
+        for model in dits.values():
+            offloader = getattr(model, "block_offloader", None)
+            if offloader is not None:
+                slots.extend(offloader.slots)
+        masters = {(id(owner), name): master for slot in slots
+                   for owner, name, is_param, master in slot.entries if is_param}
+        quiet = self.dist.rank != 0       # every rank checks the files; rank 0 reports
+        return LoraManager(dits, self.device,
+                           masters=(lambda owner, leaf: [m] if (m := masters.get((id(owner), leaf))) is not None
+                                    else []) if masters else None,
+                           before_change=fsdp_.release,
+                           on_warning=(lambda text: None) if quiet else log.warning)
+
     # -- running ------------------------------------------------------------------------------
 
     def _encode_text(self, prompts: list[str]) -> list[torch.Tensor]:
@@ -299,6 +320,8 @@ class WanEngine:
         from ..io.video import video_to_uint8
 
         hooks = hooks or RunHooks()
+        # Before any collective: a bad LoRA fails every rank alike and the group stays up.
+        self.loras.update(tuple(request.loras or ()))
         if self.is_s2v:   # clip by clip; extra_latents = every clip, audio = the track to mux
             from .s2v import generate_for_engine
 

@@ -4,6 +4,10 @@ Official rule (wan/text2video.py, image2video.py): with `boundary` a fraction of
 timesteps, a step whose (shifted, int64) timestep t satisfies `t >= boundary * 1000` runs the
 high-noise expert with `guide_scale[1]`, otherwise the low-noise expert with `guide_scale[0]`.
 Single-model tasks (TI2V-5B) have no boundary and always run "model".
+
+ComfyUI's templates switch by step index instead (two KSamplerAdvanced nodes, e.g. steps 0-2 on the
+high-noise expert and 2-4 on the low-noise one): `switch_step` N > 0 runs steps [0, N) on the
+high-noise expert and the rest on the low-noise one, whatever their timesteps.
 """
 from __future__ import annotations
 
@@ -28,16 +32,35 @@ class ExpertSchedule:
 
     guide: GuideScale
     boundary: Optional[float] = None
+    switch_step: Optional[int] = None     # > 0: switch by step index instead of the boundary
 
-    def expert_for(self, t: int) -> Expert:
+    def expert_at(self, step: int, t: float) -> Expert:
+        """The expert of step `step` (0-based) whose timestep is `t`."""
+        if self.boundary is not None and self.switch_step:
+            return Expert.HIGH_NOISE if step < self.switch_step else Expert.LOW_NOISE
+        return self.expert_for(t)
+
+    def guide_at(self, step: int, t: float) -> float:
+        return self._guide_of(self.expert_at(step, t))
+
+    def _guide_of(self, expert: Expert) -> float:
+        return self.guide.high_noise if expert == Expert.HIGH_NOISE else self.guide.low_noise
+
+    def uses_uncond(self, timesteps) -> bool:
+        """Whether any step needs the unconditional branch (guidance != 1), i.e. whether the
+        negative prompt must be encoded at all."""
+        return any(self.guide_at(i, float(t)) != 1.0 for i, t in enumerate(timesteps))
+
+    def expert_for(self, t: float) -> Expert:
         if self.boundary is None:
             return Expert.SINGLE
         return Expert.HIGH_NOISE if t >= self.boundary * NUM_TRAIN_TIMESTEPS else Expert.LOW_NOISE
 
-    def guide_for(self, t: int) -> float:
-        expert = self.expert_for(t)
-        return self.guide.high_noise if expert == Expert.HIGH_NOISE else self.guide.low_noise
+    def guide_for(self, t: float) -> float:
+        return self._guide_of(self.expert_for(t))
 
     def plan(self, timesteps) -> list[tuple[Expert, float]]:
         """(expert, guide) for every timestep, in order."""
-        return [(self.expert_for(int(t)), self.guide_for(int(t))) for t in timesteps]
+        return [(self.expert_at(i, t.item() if hasattr(t, "item") else t),
+                 self.guide_at(i, t.item() if hasattr(t, "item") else t))
+                for i, t in enumerate(timesteps)]

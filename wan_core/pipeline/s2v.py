@@ -148,12 +148,16 @@ def run_s2v(plan: S2VPlan, comp: Components, audio_encoder, dist, hooks: RunHook
         raise Cancelled(0)
 
     hooks.report(Phase.ENCODE, 0, 3, start, "encoding the prompt")
-    context, context_null = comp.encode_text([plan.prompt, plan.neg_prompt])
+    if plan.guide > 1:
+        context, context_null = comp.encode_text([plan.prompt, plan.neg_prompt])
+        context_null = context_null.to(device, torch.float32)
+    else:   # no CFG: the negative prompt is never used, so it is not encoded
+        (context,), context_null = comp.encode_text([plan.prompt]), None
     context = context.to(device, torch.float32)
-    context_null = context_null.to(device, torch.float32)
     if trace is not None:
         trace("context", context.detach().cpu())
-        trace("context_null", context_null.detach().cpu())
+        if context_null is not None:
+            trace("context_null", context_null.detach().cpu())
 
     hooks.report(Phase.ENCODE, 1, 3, start, "encoding the audio")
     t0 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Flow-matching samplers of Wan2.2: UniPC (default `unipc`) and DPM-Solver++ (`dpm++`).
+"""Flow-matching samplers of Wan2.2: UniPC (default `unipc`), DPM-Solver++ (`dpm++`), and ComfyUI's
+`euler` on its `simple` schedule (`euler`, what the 4-step LoRA templates run).
 
 Written from docs/wan22_reference.md §5. Conventions (flow matching, velocity prediction):
 `x_σ = (1 − σ)·x0 + σ·ε`, the model predicts `v ≈ ε − x0`, so `x0 = x − σ·v`; the timestep given to
@@ -11,6 +12,12 @@ Both solvers are order-2 multistep methods in data-prediction (x0) form:
 - DPM-Solver++ (midpoint): first and last step first-order, the others second-order. Sigmas come
   from `get_sampling_sigmas`: `linspace(1, 0, n+1)[:n]`, shifted, so the first timestep is 1000.
 Both end at σ = 0, where the update returns the x0 prediction.
+
+Euler (ComfyUI, comfy/k_diffusion/sampling.py `sample_euler` with `ModelSamplingSD3(shift)` and the
+`simple` scheduler of comfy/samplers.py): sigmas come from ComfyUI's 1000-entry table, the model gets
+the float timestep `σ·1000` (no int64 truncation), and each step is `x += (x − x0)/σ · (σ' − σ)`,
+written with ComfyUI's float32 operations so the trajectory matches its graph to rounding.
+ComfyUI's `uni_pc` is a different method, not this UniPC: see docs/samplers.md.
 
 Scalar coefficients are computed as float32 tensors, the same way as the official schedulers
 (which run on CPU float32 scalars), so trajectories match the reference to float32 rounding.
@@ -41,6 +48,27 @@ def shift_sigmas(sigmas: np.ndarray, shift: float) -> np.ndarray:
 def get_sampling_sigmas(steps: int, shift: float) -> np.ndarray:
     """The official `get_sampling_sigmas`: shifted `linspace(1, 0, steps+1)[:steps]` (float64)."""
     return shift_sigmas(np.linspace(1, 0, steps + 1)[:steps], shift)
+
+
+def comfy_flow_sigma_table(shift: float, multiplier: int = 1000, timesteps: int = 1000) -> torch.Tensor:
+    """The `sigmas` buffer of ComfyUI's ModelSamplingDiscreteFlow after `set_parameters(shift,
+    multiplier)` (what ModelSamplingSD3 sets): float32 `time_snr_shift(shift, t)` for t = i/1000,
+    i = 1..1000, with ComfyUI's exact order of float32 operations."""
+    t = (torch.arange(1, timesteps + 1, 1) / timesteps) * multiplier
+    t = t / multiplier
+    if shift == 1.0:
+        return t
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def comfy_simple_sigmas(steps: int, shift: float) -> torch.Tensor:
+    """ComfyUI's `simple` schedule (comfy/samplers.py `simple_scheduler`) on that table: every
+    (1000/steps)-th entry from the top, then 0. float32 `[steps + 1]`, e.g. shift 5, 4 steps:
+    [1.0, 0.9375, 0.8333333, 0.625, 0.0]."""
+    table = comfy_flow_sigma_table(shift)
+    stride = len(table) / steps
+    picked = [float(table[-(1 + int(x * stride))]) for x in range(steps)]
+    return torch.tensor(picked + [0.0], dtype=torch.float32)
 
 
 def _train_sigma_max() -> float:
@@ -85,9 +113,9 @@ class FlowScheduler:
         if i >= self.num_steps:
             raise RuntimeError(f"scheduler already took all {self.num_steps} steps; "
                                "make a new scheduler for each generation")
-        expected = int(self.timesteps[i])
+        expected = self.timesteps[i].item()
         got = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
-        if got != expected:
+        if got != float(expected):
             raise ValueError(f"step {i} expects timestep {expected}, got {got:g}; steps must follow "
                              "scheduler.timesteps in order")
 
@@ -209,8 +237,33 @@ class FlowDPMppScheduler(FlowScheduler):
         return new.to(out_dtype)
 
 
+class FlowEulerScheduler(FlowScheduler):
+    """ComfyUI `euler` (no churn) on ComfyUI's `simple` schedule of ModelSamplingSD3(shift).
+
+    `timesteps` are float32 `σ·1000` (ComfyUI's `model_sampling.timestep`), not truncated."""
+
+    def __init__(self, steps: int, shift: float) -> None:
+        self.sigmas = comfy_simple_sigmas(steps, shift)
+        self.timesteps = self.sigmas[:-1] * NUM_TRAIN_TIMESTEPS
+        self.step_index = 0
+        self._x0_history = []
+
+    def step(self, model_output: torch.Tensor, timestep: TimestepLike,
+             sample: torch.Tensor) -> torch.Tensor:
+        self._begin_step(timestep)
+        i = self.step_index
+        out_dtype = sample.dtype
+        x = sample.float()
+        sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
+        denoised = x - model_output.float() * sigma          # CONST.calculate_denoised
+        d = (x - denoised) / sigma                            # k-diffusion to_d
+        x = x + d * (sigma_next - sigma)
+        self.step_index += 1
+        return x.to(out_dtype)
+
+
 def make_scheduler(solver: Union[Solver, str], steps: int, shift: float) -> FlowScheduler:
-    """A fresh scheduler for one generation: `unipc` (default) or `dpm++`."""
+    """A fresh scheduler for one generation: `unipc` (default), `dpm++` or `euler`."""
     solver = Solver.parse(solver)
     if not isinstance(steps, int) or steps < 1:
         raise ConfigError(f"sample_steps={steps!r}: need a whole number of steps >= 1")
@@ -218,4 +271,6 @@ def make_scheduler(solver: Union[Solver, str], steps: int, shift: float) -> Flow
         raise ConfigError(f"sample_shift={shift!r}: need a finite value > 0 (official: 3-12)")
     if solver is Solver.UNIPC:
         return FlowUniPCScheduler(steps, float(shift))
+    if solver is Solver.EULER:
+        return FlowEulerScheduler(steps, float(shift))
     return FlowDPMppScheduler(steps, float(shift))

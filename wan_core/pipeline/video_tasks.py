@@ -89,6 +89,22 @@ def _guide(spec: TaskSpec, value) -> GuideScale:
     return g
 
 
+def _switch_step(spec: TaskSpec, value, steps: int, warnings: list[str]) -> Optional[int]:
+    """`switch_step`: None or 0 = use the boundary; N in 1..steps = steps [0, N) on the high-noise
+    expert (N == steps: high-noise only)."""
+    if value is None or value == 0:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"switch_step={value!r}: give a whole number of steps >= 0 (0 = use the boundary)")
+    if not spec.moe:
+        warnings.append(f"switch_step={value} ignored: {spec.task.value} has a single model")
+        return None
+    if value > steps:
+        raise ConfigError(f"switch_step={value} is beyond the {steps} sampling steps; use 1..{steps} "
+                          "(steps before it run the high-noise expert), or 0 to use the boundary")
+    return value
+
+
 def _boundary(spec: TaskSpec, value, warnings: list[str]) -> Optional[float]:
     if not spec.moe:
         if value is not None:
@@ -130,6 +146,7 @@ def resolve_request(task: Union[Task, str, TaskSpec], request: GenerateRequest, 
     guide = _guide(spec, request.guide_scale)
     check_sampling(steps, shift, guide)
     boundary = _boundary(spec, request.boundary, warnings)
+    switch_step = _switch_step(spec, request.switch_step, steps, warnings)
     solver = Solver.parse(request.solver)
     seed = _check_seed(request.seed)
     if not isinstance(sp_size, int) or sp_size < 1:
@@ -158,7 +175,7 @@ def resolve_request(task: Union[Task, str, TaskSpec], request: GenerateRequest, 
     return RunPlan(task=spec, prompt=request.prompt, neg_prompt=neg, frame_num=frame_num,
                    width=width, height=height, latent_shape=latent_shape, seq_len=seq_len,
                    steps=steps, shift=shift, solver=solver, seed=seed,
-                   schedule=ExpertSchedule(guide=guide, boundary=boundary), image=prepared,
+                   schedule=ExpertSchedule(guide=guide, boundary=boundary, switch_step=switch_step), image=prepared,
                    decode=bool(request.decode), warnings=tuple(warnings))
 
 
@@ -228,19 +245,25 @@ def run_video_task(plan: RunPlan, comp: Components, dist, hooks: RunHooks, *, ba
         from ..errors import Cancelled
         raise Cancelled(0)
     hooks.report(Phase.ENCODE, 0, 1, start, "encoding the prompt")
-    context, context_null = comp.encode_text([plan.prompt, plan.neg_prompt])
+    scheduler = comp.make_scheduler(plan.solver, plan.steps, plan.shift)
+    # Guidance 1 on every step (the 4-step LoRA templates): the unconditional branch never runs,
+    # so the negative prompt is not encoded either (ComfyUI skips it the same way).
+    if plan.schedule.uses_uncond(scheduler.timesteps):
+        context, context_null = comp.encode_text([plan.prompt, plan.neg_prompt])
+        context_null = context_null.to(comp.device, torch.float32)
+    else:
+        (context,), context_null = comp.encode_text([plan.prompt]), None
     context = context.to(comp.device, torch.float32)
-    context_null = context_null.to(comp.device, torch.float32)
     if trace is not None:
         trace("context", context.detach().cpu())
-        trace("context_null", context_null.detach().cpu())
+        if context_null is not None:
+            trace("context_null", context_null.detach().cpu())
     noise = initial_noise(plan.latent_shape, plan.seed, comp.device)
     latent, y, post_step, t_input = _task_conditioning(plan, comp, noise, trace)
     timings[Phase.ENCODE] = time.perf_counter() - start
     hooks.report(Phase.ENCODE, 1, 1, start, "prompt encoded")
 
     t0 = time.perf_counter()
-    scheduler = comp.make_scheduler(plan.solver, plan.steps, plan.shift)
     inputs = DenoiseInputs(latent=latent, context=context, context_null=context_null,
                            seq_len=plan.seq_len, schedule=plan.schedule, timestep_input=t_input,
                            y=y, post_step=post_step)
