@@ -175,7 +175,8 @@ class EngineRegistry:
                 "files": {part: shown_name(path) for part, path in vars(g.spec.files).items() if path},
                 "layout": _describe(g.spec),
                 "device": g.spec.device, "phase": g.phase, "requests": g.requests,
-                "load_s": round(g.load_s, 2), "started": g.started, "ranks": ranks})
+                "load_s": round(g.load_s, 2), "started": g.started, "ranks": ranks,
+                "plan": _plan_line(g.spec)})
         return out
 
 
@@ -187,6 +188,13 @@ class _LoadPhase:
     phase: str = "load"
     step: Optional[int] = None
     total: Optional[int] = None
+
+
+def _plan_line(spec: EngineSpec) -> str:
+    """The memory plan's line for the loader's status (wan_core/memory_plan.py)."""
+    from wan_core.memory_plan import status_line
+
+    return status_line(spec)
 
 
 def _alive(client) -> bool:

@@ -882,6 +882,26 @@ def refusal_text(plan: MemoryPlan, tips: Sequence[Suggestion]) -> str:
     return text + " (set WAN22_MEMORY_GUARD=0 to run anyway)"
 
 
+_STATUS_CACHE: dict = {}
+
+
+def status_line(spec: EngineSpec) -> str:
+    """One short line for the loader's status: the plan of the task's default request on these GPUs,
+    e.g. "plan: ~50.7 GiB/GPU at 1280*720x81 of 79.1 GiB". Cached per spec (NVML is read once)."""
+    if spec not in _STATUS_CACHE:
+        try:
+            plan, _ = plan_for(spec, None)
+            where = "GiB/GPU" if plan.device == "cuda" else "GiB RAM"
+            need = plan.gpu_peak if plan.device == "cuda" else plan.host_ram
+            text = f"plan: ~{need / GiB:.1f} {where} at {plan.width}*{plan.height}x{plan.frame_num}"
+            if plan.capacity is not None:
+                text += f" of {plan.capacity / GiB:.1f}" + ("" if plan.fits else " (too big: smaller requests only)")
+        except Exception as exc:  # noqa: BLE001 - a status line must never fail
+            text = f"plan: unavailable ({type(exc).__name__})"
+        _STATUS_CACHE[spec] = text
+    return _STATUS_CACHE[spec]
+
+
 def describe(plan: MemoryPlan, tips: Sequence[Suggestion] = ()) -> list[str]:
     """Lines for doctor and the loader's status."""
     lines = [plan.summary()]
@@ -899,5 +919,5 @@ def describe(plan: MemoryPlan, tips: Sequence[Suggestion] = ()) -> list[str]:
 
 __all__ = ["DiTFacts", "ModelSizes", "Layout", "Workload", "MemoryPlan", "Capacity", "Suggestion",
            "facts_for", "workload_for", "estimate", "suggest", "plan_for", "check_fits", "capacity_for",
-           "gpu_memory", "host_ram", "describe", "refusal_text", "with_capacity", "candidate_layouts", "spec_weight_dtype",
+           "gpu_memory", "host_ram", "describe", "refusal_text", "with_capacity", "candidate_layouts", "spec_weight_dtype", "status_line",
            "MemoryRefused", "check_load", "GiB"]

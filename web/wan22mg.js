@@ -120,7 +120,7 @@ export function statusText(status, task, checkpoint) {
         const mem = formatBytes(m.allocated_bytes ?? m.rss_bytes);
         return `r${r.rank} ${r.phase ?? "?"} ${mem}`;
       });
-      return [g.phase, ...per].join(" · ");
+      return [g.phase, ...per, g.plan].filter(Boolean).join(" · ");
     })
     .join(" ‖ ");
 }

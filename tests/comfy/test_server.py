@@ -274,6 +274,7 @@ def test_new_seed_reuses_the_warm_group(comfy, exported):
     assert loader in run.first("execution_cached")["nodes"]      # ComfyUI kept the loader's handle
     assert after["loads"] == before["loads"], (before, after)    # ...and the group stayed loaded
     group = next(g for g in after["groups"] if g["task"] == "t2v-A14B" and g["layout"].startswith("1 "))
+    assert group["plan"].startswith("plan: ~") and "GiB RAM" in group["plan"], group   # memory plan (CPU ranks)
     print(f"group start {group['load_s']:.1f} s; prompts {first.seconds:.1f} s then {run.seconds:.1f} s warm")
     # Per-step progress on the sampler node, and the phase texts of the run.
     sampler = by_class(prompt, "Wan22MGSampler")

@@ -197,9 +197,20 @@ def test_missing_repository_and_file_reported(hub, tmp_path):
 
 
 def test_offline_mode(hub, tmp_path):
+    """HF_HUB_OFFLINE: nothing asked of the hub; a complete download is used as it is, an empty
+    folder is one line."""
     mark = len(hub.log)
     line = one_error(cli(hub, tmp_path, "download", "t2v-A14B", "--dir", str(tmp_path / "x"), HF_HUB_OFFLINE="1"))
     assert "HF_HUB_OFFLINE is set" in line and hub.log[mark:] == []
+    ck = tmp_path / "ck"
+    assert cli(hub, tmp_path, "download", "t2v-A14B", "--dir", str(ck)).returncode == 0
+    mark = len(hub.log)
+    ok = cli(hub, tmp_path, "download", "t2v-A14B", "--dir", str(ck), HF_HUB_OFFLINE="1")
+    assert ok.returncode == 0 and "HF_HUB_OFFLINE is set: not asking" in ok.stderr, ok.stderr
+    assert hub.log[mark:] == []
+    (ck / "Wan2.1_VAE.pth").unlink()
+    line = one_error(cli(hub, tmp_path, "download", "t2v-A14B", "--dir", str(ck), HF_HUB_OFFLINE="1"))
+    assert "lacks 1 file(s) of its manifest (first: Wan2.1_VAE.pth)" in line
 
 
 def test_unknown_task_and_set(hub, tmp_path):

@@ -214,3 +214,15 @@ def test_weight_dtype_follows_the_weights_setting():
 
         assert mp.spec_weight_dtype(replace(spec, weights=WeightsMode.FP8)) == "fp8"
         assert mp.spec_weight_dtype(replace(spec, weights=WeightsMode.FP16)) == "fp16"
+
+
+def test_status_line_for_the_loader(tiny_dir, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests" / "parity"))
+    from _tiny import task_ckpt
+
+    spec = EngineSpec(task=Task.T2V_A14B, ckpt_dir=str(task_ckpt(tiny_dir, "t2v-A14B", tmp_path)), device="cpu")
+    line = mp.status_line(spec)
+    assert line.startswith("plan: ~") and "GiB RAM at 1280*720x81 of " in line, line
+    assert mp.status_line(spec) is line                      # cached per spec

@@ -188,6 +188,8 @@ def download(task: "Task | str", file_set: str = "official", dir_: Optional[str]
         manifest = Manifest.load(man_path) if man_path.is_file() else None
     except (ValueError, TypeError, OSError):
         manifest = None                         # unreadable: every file is checked again
+    if manifest is not None and _offline():
+        return _offline_check(task, file_set, root, manifest, man_path, out)
     planned = plan_files(task, file_set, token)
     manifest = Manifest(task=task.value, file_set=file_set, endpoint=_endpoint(),
                         files=[f for f in (manifest.files if manifest else [])
@@ -268,6 +270,27 @@ def download(task: "Task | str", file_set: str = "official", dir_: Optional[str]
     _clean_partial(partial_root)
     where = (f"--ckpt_dir {root}" if file_set == "official" else f"ComfyUI models folder {root}")
     print(f"done: {task.value} ({file_set}) complete and checked; use {where}; manifest {man_path}", file=out)
+    return root
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode())
+
+
+def _offline_check(task: Task, file_set: str, root: Path, manifest: Manifest, man_path: Path,
+                   out: TextIO) -> Path:
+    """HF_HUB_OFFLINE: like the hub client, use what is here without asking the hub, when the
+    manifest's files are all present with their recorded sizes; else one line saying what is missing."""
+    missing = [r.path for r in manifest.files if not (root / r.path).is_file()
+               or (root / r.path).stat().st_size != r.size]
+    if missing or not manifest.files:
+        raise DownloadError(f"HF_HUB_OFFLINE is set and {root} lacks {len(missing)} file(s) of its manifest "
+                            f"(first: {missing[0] if missing else 'none recorded'}); unset HF_HUB_OFFLINE to "
+                            "download them")
+    print(f"HF_HUB_OFFLINE is set: not asking {_endpoint()}; the {len(manifest.files)} files of {man_path} are "
+          f"here with their sizes (python -m wan_core verify {root} checks their hashes)", file=out)
     return root
 
 
