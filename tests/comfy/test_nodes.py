@@ -328,6 +328,7 @@ def test_registry_reuses_restarts_and_releases():
     reg.generate(spec, req)
     assert reg.loads == 3
     assert reg.status()["groups"][0]["layout"] == "1 GPU, bf16"
+    assert reg.status()["groups"][0]["plan"].startswith("plan: ~87.9 GiB/GPU at 1280*720x81")  # memory plan
     assert reg.release() == 1 and reg.status()["groups"] == []
 
 
