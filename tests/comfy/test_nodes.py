@@ -21,7 +21,7 @@ from nodes.registry import EngineRegistry
 from nodes.requests import build_request, build_spec, parse_gpu_ids
 from nodes.types import ExpertRouting, TextPrompt
 from wan_core.config import TASKS, EngineSpec, GenerateRequest, GuideScale, ParallelConfig, Task
-from wan_core.errors import ConfigError, InputError, WorkerFailure
+from wan_core.errors import CheckpointError, ConfigError, InputError, WorkerFailure
 
 import comfyui_harness as harness
 from comfyui_harness import REPO
@@ -204,6 +204,17 @@ def test_loader_refuses_a_layout_before_any_worker(v3, monkeypatch, tmp_path):
         engine_nodes.Wan22MGModelLoader.execute("t2v-A14B", "Tiny-T2V", 4, 4, False, False, False, False,
                                                "none", "bf16", "auto", "cpu")
     assert FakeClient.started == started and reg.loads == 0
+
+
+def test_loader_names_the_download_command_for_a_missing_checkpoint(v3, monkeypatch, tmp_path):
+    engine_nodes = importlib.import_module("nodes.engine_nodes")   # loaded by the v3 fixture
+
+    monkeypatch.setattr(checkpoints, "_roots", lambda: [str(tmp_path)])
+    with pytest.raises(CheckpointError) as info:
+        engine_nodes.Wan22MGModelLoader.execute("i2v-A14B", checkpoints.NONE_FOUND, 1, 1, False, False, False,
+                                               False, "none", "bf16", "auto", "cpu")
+    text = str(info.value)
+    assert f"to download i2v-A14B there: cd {REPO} && {sys.executable} -m wan_core download i2v-A14B" in text
 
 
 def test_build_request():
