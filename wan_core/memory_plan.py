@@ -347,6 +347,7 @@ class MemoryPlan:
     fits: Optional[bool] = None
     sizes_from: str = "official figures"
     notes: list[str] = field(default_factory=list)
+    prefetch_bytes: int = 0          # offload=experts: the next expert, copied early when it fits
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -445,15 +446,20 @@ def estimate(sizes: ModelSizes, w: Workload, layout: Layout, *, device: str = "c
     audio = sizes.audio_params * 4
     notes: list[str] = []
 
-    # DiT weights resident during the denoise (per rank).
+    # DiT weights resident during the denoise (per rank); `transient`: the part held only while a
+    # forward runs (FSDP's gathered blocks, the streamed blocks), gone in the other phases.
+    transient, prefetch = 0, 0
     if layout.dit_fsdp:
-        dit_res = experts * expert // n + root + FSDP_GATHERED_BLOCKS * block
+        transient = FSDP_GATHERED_BLOCKS * block
+        dit_res = experts * expert // n + root + transient
     elif offload == OffloadMode.EXPERTS and on_gpu:
         dit_res = expert
+        prefetch = expert if experts > 1 else 0
         notes.append("offload=experts: one expert on the GPU at a time; the other is prefetched "
                      "only when free memory holds both")
     elif offload == OffloadMode.BLOCKS and on_gpu:
-        dit_res = experts * root + 2 * block
+        transient = 2 * block
+        dit_res = experts * root + transient
     else:
         dit_res = experts * expert
     # T5: where it waits, and what the encode needs on top.
@@ -475,11 +481,12 @@ def estimate(sizes: ModelSizes, w: Workload, layout: Layout, *, device: str = "c
 
     per_token_t = w.task == Task.TI2V_5B and w.image is not False
     act = dit_activation_bytes(d, w, layout, per_token_t=per_token_t)
-    phases = {"text_encode": resident + t5_encode + (_t5_activation_bytes(sizes) if t5_gpu else 0)}
+    idle = resident - transient
+    phases = {"text_encode": idle + t5_encode + (_t5_activation_bytes(sizes) if t5_gpu else 0)}
     if w.task != Task.T2V_A14B and not (w.task == Task.TI2V_5B and w.image is False):
-        phases["image_encode"] = resident + vae_bytes(sizes, w, "encode")
+        phases["image_encode"] = idle + vae_bytes(sizes, w, "encode")
     phases["denoise"] = resident + act
-    phases["decode"] = resident + vae_bytes(sizes, w, "decode")
+    phases["decode"] = idle + vae_bytes(sizes, w, "decode")
     reserve = (RESERVE_BYTES + (NCCL_BYTES if n > 1 else 0)) if on_gpu else 0
     peak = max(phases.values())
     one_expert = (expert // n + root + FSDP_GATHERED_BLOCKS * block) if layout.dit_fsdp else expert
@@ -505,7 +512,7 @@ def estimate(sizes: ModelSizes, w: Workload, layout: Layout, *, device: str = "c
                       tokens=w.tokens, layout=layout, device=device, weights=weights, phases=phases,
                       gpu_peak=int(peak + reserve), alloc_peak=int(peak),
                       dit_step_peak=int(one_expert + act), host_ram=int(host), shm=int(shm), step_s=step_s,
-                      video_s=video_s, sizes_from=sizes.source, notes=notes)
+                      video_s=video_s, sizes_from=sizes.source, notes=notes, prefetch_bytes=int(prefetch))
 
 
 def _speed(sizes: ModelSizes, w: Workload, layout: Layout, *, link: str, tflops: float, on_gpu: bool,
@@ -641,8 +648,20 @@ def _fits(plan: MemoryPlan, cap: Capacity) -> bool:
 
 
 def with_capacity(plan: MemoryPlan, cap: Optional[Capacity]) -> MemoryPlan:
+    """`plan` checked against `cap`. With offload='experts' the offloader prefetches the next expert
+    when free memory holds it beside the running step (distributed/offload.py: free > 1.1 x expert
+    + 1 GiB); then that is the peak, and the plan says so."""
     if cap is None:
         return plan
+    if plan.prefetch_bytes and plan.device == "cuda":
+        reserve = plan.gpu_peak - plan.alloc_peak
+        free = cap.per_device - plan.phases["denoise"] - reserve
+        if free > 1.1 * plan.prefetch_bytes + GiB:
+            plan.phases["denoise_prefetch"] = plan.phases["denoise"] + plan.prefetch_bytes
+            plan.alloc_peak = max(plan.phases.values())
+            plan.gpu_peak = plan.alloc_peak + reserve
+            plan.notes.append(f"{cap.what} holds both experts during the switch: the next one is prefetched "
+                              "(the peak above); a smaller GPU runs one at a time")
     plan.capacity, plan.capacity_what, plan.fits = cap.per_device, cap.what, _fits(plan, cap)
     return plan
 

@@ -18,7 +18,7 @@ from wan_core import memory_plan as mp
 from wan_core.config import EngineSpec, GenerateRequest, OffloadMode, ParallelConfig, Task
 from wan_core.errors import ConfigError
 
-H100 = mp.Capacity(per_device=80 * 10 ** 9, what="NVIDIA H100 80GB HBM3, 74.5 GiB", count=8,
+H100 = mp.Capacity(per_device=81559 * 2 ** 20, what="NVIDIA H100 80GB HBM3, 79.6 GiB", count=8,
                    name="NVIDIA H100 80GB HBM3", host=512 * mp.GiB, link="nvlink")
 
 
@@ -117,7 +117,7 @@ def test_guard_refuses_the_impossible_request_with_the_settings_that_fit():
     assert text.startswith("not enough memory: t2v-A14B 4096*4096, 1025 frames")
     need = float(text.split("needs about ")[1].split(" GiB")[0])
     assert need > 500                                  # far beyond any GPU
-    assert "74.5 GiB" in text and "would fit:" in text and "1280*720" in text
+    assert "79.6 GiB" in text and "would fit:" in text and "1280*720" in text
     assert "WAN22_MEMORY_GUARD=0" in text
     # The official request on the same GPUs passes and gets a plan.
     plan = mp.check_fits(spec, GenerateRequest(prompt="x"), cap=H100)
@@ -226,3 +226,16 @@ def test_status_line_for_the_loader(tiny_dir, tmp_path):
     line = mp.status_line(spec)
     assert line.startswith("plan: ~") and "GiB RAM at 1280*720x81 of " in line, line
     assert mp.status_line(spec) is line                      # cached per spec
+
+
+def test_expert_prefetch_when_both_fit():
+    """offload='experts': the offloader copies the next expert early when free memory holds it
+    (distributed/offload.py), so on a 141 GB GPU the peak holds both experts; on 80 GB it does not."""
+    sizes = mp.ModelSizes.official(Task.T2V_A14B)
+    work = mp.Workload(Task.T2V_A14B, 1280, 720, 81)
+    big = mp.Capacity(per_device=143771 * 2 ** 20, what="NVIDIA H200, 140.4 GiB", name="NVIDIA H200")
+    one = mp.with_capacity(mp.estimate(sizes, work, mp.Layout(offload="experts")), H100)
+    two = mp.with_capacity(mp.estimate(sizes, work, mp.Layout(offload="experts")), big)
+    assert "denoise_prefetch" not in one.phases and one.alloc_peak == one.phases["denoise"]
+    assert two.phases["denoise_prefetch"] == two.phases["denoise"] + one.weights["dit"]
+    assert two.alloc_peak == two.phases["denoise_prefetch"] and two.fits
