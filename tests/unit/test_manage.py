@@ -369,3 +369,26 @@ def test_a_corrupted_transfer_is_refused(hub, tmp_path):
         hub.tamper.discard((T2V, "Wan2.1_VAE.pth"))
     assert f"{T2V}/Wan2.1_VAE.pth arrived corrupted" in line
     assert not (tmp_path / "ck" / "Wan2.1_VAE.pth").exists()
+
+
+def test_inside_a_comfyui_tree_files_go_where_the_loader_looks(hub, tmp_path):
+    """Run from inside a ComfyUI tree (folder_paths.py + comfy/): the official set lands in
+    models/wan22/Wan2.2-T2V-A14B (the loader's checkpoint list), and `status` finds it there."""
+    tree = tmp_path / "ComfyUI"
+    (tree / "comfy").mkdir(parents=True)
+    (tree / "folder_paths.py").write_text("# ComfyUI\n")
+    (tree / "models").mkdir()
+    work = tree / "output"
+    work.mkdir()
+    empty = cli(hub, work, "status")
+    assert empty.returncode == 1 and "tasks runnable: none" in empty.stdout, empty.stdout
+    proc = cli(hub, work, "download", "t2v-A14B")
+    assert proc.returncode == 0, proc.stderr
+    ck = tree / "models" / "wan22" / "Wan2.2-T2V-A14B"
+    assert (ck / "wan22_manifest.json").is_file() and (ck / SHARD).is_file()
+    st = cli(hub, work, "status")
+    assert st.returncode == 0, st.stdout
+    assert f"models folder: {tree / 'models'}" in st.stdout and "tasks runnable: t2v-A14B; all good" in st.stdout
+    # Outside any ComfyUI tree, without --dir: one line saying what to do.
+    line = one_error(cli(hub, tmp_path, "download", "t2v-A14B"))
+    assert "not inside a ComfyUI tree" in line and "--dir" in line
