@@ -41,6 +41,8 @@ class FakeHub:
         self.tamper: set[tuple[str, str]] = set()
         self.on_send: Optional[Callable[[str, str, int], None]] = None
         self.log: list[tuple[str, str, Optional[str]]] = []
+        self.gated: dict[str, str] = {}          # repo -> the token it requires (403 GatedRepo otherwise)
+        self.auth: list[Optional[str]] = []      # the Authorization header of every request
         self._server: Optional[ThreadingHTTPServer] = None
 
     # -- content ------------------------------------------------------------------------------
@@ -121,6 +123,7 @@ class FakeHub:
         url = urlparse(h.path)
         path = unquote(url.path)
         self.log.append(("HEAD" if head else "GET", path, h.headers.get("Range")))
+        self.auth.append(h.headers.get("Authorization"))
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
         if m:
             return self._api(h, m.group(1), m.group(2) or "main", head)
@@ -132,6 +135,9 @@ class FakeHub:
     def _repo_rev(self, h, repo: str, rev: str, head: bool) -> Optional[str]:
         if repo not in self.repos:
             self._error(h, 404, "RepoNotFound", f"Repository Not Found for url: {repo}", head=head)
+            return None
+        if repo in self.gated and h.headers.get("Authorization") != f"Bearer {self.gated[repo]}":
+            self._error(h, 403, "GatedRepo", f"Access to model {repo} is restricted", head=head)
             return None
         commit = self.commit(repo)
         if rev not in ("main", commit):

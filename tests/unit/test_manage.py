@@ -392,3 +392,18 @@ def test_inside_a_comfyui_tree_files_go_where_the_loader_looks(hub, tmp_path):
     # Outside any ComfyUI tree, without --dir: one line saying what to do.
     line = one_error(cli(hub, tmp_path, "download", "t2v-A14B"))
     assert "not inside a ComfyUI tree" in line and "--dir" in line
+
+
+def test_gated_repository_and_hf_token(hub, tmp_path):
+    """HF_TOKEN is sent as huggingface_hub sends it (Authorization: Bearer); without it a gated
+    repository is one line saying what to do."""
+    hub.gated[T2V] = "hf_test_token"
+    try:
+        line = one_error(cli(hub, tmp_path, "download", "t2v-A14B", "--dir", str(tmp_path / "a")))
+        assert line == f"error: {T2V} on {hub.endpoint} is gated: accept its license on the website and set HF_TOKEN"
+        mark = len(hub.auth)
+        ok = cli(hub, tmp_path, "download", "t2v-A14B", "--dir", str(tmp_path / "b"), HF_TOKEN="hf_test_token")
+        assert ok.returncode == 0, ok.stderr
+        assert hub.auth[mark:] and set(hub.auth[mark:]) == {"Bearer hf_test_token"}
+    finally:
+        hub.gated.pop(T2V, None)
