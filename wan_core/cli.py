@@ -40,7 +40,21 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag as one `error: ...` line with exit code 2."""
 
     def error(self, message: str):  # noqa: D401 (argparse API)
-        self.exit(2, f"error: {message} (see `python -m wan_core {self.prog.split()[-1]} --help`)\n")
+        # self.prog is the command as typed: `python -m wan_core generate`, `wan22 generate`
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+    def exit(self, status: int = 0, message: Optional[str] = None):
+        if message and status:   # under torchrun every rank parses the same argv: say it once
+            _report_error(message.rstrip("\n"))
+            message = None
+        super().exit(status, message)
+
+
+def program_name(argv0: Optional[str] = None) -> str:
+    """How the user started us, for usage and error lines: the console command `wan22` (pip
+    install), else `python -m wan_core`."""
+    name = os.path.basename(argv0 if argv0 is not None else (sys.argv[0] if sys.argv else ""))
+    return "wan22" if name in ("wan22", "wan22.exe") else "python -m wan_core"
 
 
 def _str2bool(v: str) -> bool:
@@ -68,7 +82,7 @@ def _gpus(v: str) -> tuple[int, Optional[tuple[int, ...]]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m wan_core", description="Wan2.2 video generation on one or many GPUs.")
+    parser = _Parser(prog=program_name(), description="Wan2.2 video generation on one or many GPUs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     g = sub.add_parser("generate", help="generate a video (official generate.py flags)",
@@ -235,6 +249,47 @@ def _default_device() -> str:
 
 def _under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0")) if _under_torchrun() else 0
+
+
+# Under torchrun every rank runs this CLI with the same argv and files, so a mistake found before
+# the group is joined (flags, sizes, checkpoint layout, input files) is found by every rank at once:
+# rank 0 reports it and all ranks exit 2. Once the ranks run (`_run_torchrun`) errors may belong to
+# one rank (its GPU, its shard), so each rank reports its own, naming itself.
+_PER_RANK_STAGE = False
+
+
+def _reports_errors() -> bool:
+    return _PER_RANK_STAGE or _rank() == 0
+
+
+def _report_error(text: str) -> None:
+    """Print `error: ...` once (see above) and, under torchrun, leave it in the error file torchrun
+    gave this rank, so torchrun's own failure summary shows the message instead of a link."""
+    if _under_torchrun():
+        if _PER_RANK_STAGE:
+            text = text.replace("error: ", f"error: rank {_rank()}: ", 1)
+        _write_torchelastic_error(text)
+    if _reports_errors():
+        print(text, file=sys.stderr)
+
+
+def _write_torchelastic_error(text: str) -> None:
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    import json
+    import time
+
+    try:
+        with open(path, "w") as f:
+            json.dump({"message": {"message": text, "extraInfo": {
+                "py_callstack": text, "timestamp": str(int(time.time()))}}}, f)
+    except OSError:
+        pass
 
 
 def build_parallel(args, task: Task) -> ParallelConfig:
@@ -444,6 +499,8 @@ def _run_in_process(spec: EngineSpec, request: GenerateRequest, bars: ProgressBa
 def _run_torchrun(spec: EngineSpec, request: GenerateRequest, bars: ProgressBars):
     from .runtime.dist_init import run_under_torchrun
 
+    global _PER_RANK_STAGE
+    _PER_RANK_STAGE = True
     try:
         return run_under_torchrun(spec, request, on_progress=bars)   # bars fed on rank 0 only
     finally:
@@ -466,9 +523,8 @@ def cmd_generate(args) -> int:
     spec = build_spec(args, task)
     request = build_request(args, task)
     plan = precheck(spec, request)
-    if spec.parallel.num_gpus > 1 and not _under_torchrun():
-        for text in plan.warnings:   # in-process, the engine logs them itself
-            log.warning(text)
+    for text in plan.warnings:   # before any progress bar (the engine's repeat is dropped: _CliLogHandler)
+        log.warning(text)
     if request.seed < 0 and not _under_torchrun():
         # One random seed for every worker, picked before they start (under torchrun the engine
         # broadcasts rank 0's pick, as the official script does).
@@ -493,8 +549,7 @@ def cmd_generate(args) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
-                        format="%(levelname)s: %(message)s", stream=sys.stderr)
+    _setup_logging(verbose=getattr(args, "verbose", False))
     try:
         if args.command == "generate":
             return cmd_generate(args)
@@ -515,23 +570,61 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return run_demo(out=args.out, device=args.device, ckpt_dir=args.ckpt_dir)
         parser.error(f"unknown command {args.command!r}")
     except Cancelled as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _report_error(f"error: {exc}")
         return 130
     except WorkerFailure as exc:
         if exc.user_error:
-            print(f"error: {exc.message}", file=sys.stderr)
+            _report_error(f"error: {exc.message}")
             return 2
-        print(f"error: worker rank {exc.rank} failed: {exc.exc_type}: {exc.message}", file=sys.stderr)
+        _report_error(f"error: worker rank {exc.rank} failed: {exc.exc_type}: {exc.message}")
         if exc.traceback:
             print(exc.traceback, file=sys.stderr)
         return 1
     except WanEngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _report_error(f"error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        _report_error("error: interrupted")
         return 130
     return 0
+
+
+class _CliLogHandler(logging.StreamHandler):
+    """stderr for the CLI: a log line printed while a progress bar is open goes above the bar
+    (tqdm.write), and each distinct warning is printed once (the CLI reports a request's warnings
+    before the bars start; the engine logs the same plan again when it runs)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self._warned: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if record.levelno == logging.WARNING:
+                if text in self._warned:
+                    return
+                self._warned.add(text)
+            from tqdm import tqdm
+
+            tqdm.write(text, file=self.stream)
+        except Exception:   # logging must never raise into the run
+            self.handleError(record)
+
+
+def _setup_logging(verbose: bool) -> None:
+    """Like logging.basicConfig (nothing when the host configured logging already). Under torchrun
+    ranks other than 0 log errors only, as the official generate.py does: the same warnings from
+    every rank would only repeat rank 0's."""
+    root = logging.getLogger()
+    level = logging.INFO if verbose else logging.WARNING
+    if _rank() != 0:
+        level = logging.ERROR
+    if not root.handlers:
+        handler = _CliLogHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level)
 
 
 if __name__ == "__main__":   # pragma: no cover

@@ -160,9 +160,17 @@ def write_tiny_t2v(folder: Union[str, Path], sizes: TinySizes = TinySizes(), see
         for expert in ("high_noise_model", "low_noise_model"):
             _write_dit(tmp / expert, sizes, gen)
         (tmp / MARKER).write_text(json.dumps({"version": LAYOUT_VERSION, "sizes": asdict(sizes), "seed": seed}))
+        if is_complete(folder, sizes):   # another process (a torchrun rank) finished first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
+            return folder
         if folder.exists():
             shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:                  # lost the race to a writer that renamed in between
+            if not is_complete(folder, sizes):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

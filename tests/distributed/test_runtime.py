@@ -389,3 +389,5 @@ def test_cli_under_torchrun(t2v_ckpt, reference, tmp_path):
 
     assert rel_err(load_file(str(latent))["latent"], reference.latent) <= TOL
     assert video.is_file()
+    # 64*48 is not an official size: said once (rank 0, before the bars), not once per rank
+    assert proc.stderr.count("is not one of the official sizes") == 1, proc.stderr[-3000:]

@@ -158,6 +158,12 @@ def test_generate_then_demo_mp4(ckpt, tmp_path):
     assert load_file(str(lat))["latent"].shape == (16, 2, 6, 8)
 
     assert demo_proc.returncode == 0, demo_proc.stderr
+    # the demo's size is not an official one: one warning, before the first progress bar (not in
+    # the middle of it), and the output says the video is noise from random weights
+    err = demo_proc.stderr
+    assert err.count("is not one of the official sizes") == 1, err
+    assert err.index("is not one of the official sizes") < err.index("load:"), err
+    assert "random weights, so the video is coloured noise" in err
     video = read_video(demo)
     assert video.codec == "h264"
     assert video.frames.shape == (DEMO_FRAMES, DEMO_SIZE[1], DEMO_SIZE[0], 3)
@@ -221,3 +227,55 @@ def test_lora_and_switch_step_flags(tmp_path):
 def test_missing_lora_file_is_one_line(ckpt, tmp_path):
     assert_user_error(run_cli(*gen(ckpt, "--lora", str(tmp_path / "nope.safetensors:0.8"))),
                       "nope.safetensors", "does not exist")
+
+
+# ------------------------------------------------------------------------ first contact (issue 11)
+def test_argparse_errors_name_the_command_as_typed():
+    assert_user_error(run_cli("generate", "--task", "t2v-A14B"),
+                      "--ckpt_dir (see `python -m wan_core generate --help`)")
+    line = assert_user_error(run_cli("nosuch"))
+    assert line.endswith("(see `python -m wan_core --help`)"), line
+
+
+@pytest.mark.parametrize("what", ["file", "folder"])
+def test_dangling_link_is_a_broken_link_not_missing(ckpt, tmp_path, what):
+    """A checkpoint folder copied with `cp -a` keeps relative links that now point nowhere; `ls`
+    shows the file, so the message names the link and its target instead of 'missing'."""
+    broken = copy_ckpt(ckpt, tmp_path / "ck")
+    if what == "file":
+        link = broken / "Wan2.1_VAE.pth"
+        link.unlink()
+        link.symlink_to("../blobs/0a1b2c")
+        line = assert_user_error(run_cli(*gen(broken)))
+        assert f"{link} is a broken link -> ../blobs/0a1b2c" in line, line
+        assert str(tmp_path / "blobs" / "0a1b2c") in line and "is missing" not in line, line
+    else:   # a linked expert folder: its files are reached through the dangling link
+        link = broken / "low_noise_model"
+        shutil.rmtree(link)
+        link.symlink_to(tmp_path / "gone")
+        line = assert_user_error(run_cli(*gen(broken)), "low_noise_model")
+        assert f"{link} is a broken link -> {tmp_path / 'gone'}" in line, line
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mistake", ["flag", "folder"])
+def test_torchrun_user_error_is_said_once(tmp_path, mistake):
+    """Under torchrun every rank runs the CLI: a mistake found before the group is joined is
+    printed by rank 0 only, every rank exits 2, and torchrun's own failure report (which it always
+    prints for a non-zero exit, with its ChildFailedError) shows our message, not a link."""
+    args = ["generate", "--task", "t2v-A14B", "--device", "cpu"]
+    if mistake == "folder":
+        args += ["--ckpt_dir", str(tmp_path / "nope")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", "-m", "wan_core", *args],
+                          capture_output=True, text=True, timeout=110, cwd=str(tmp_path), env=env)
+    out = proc.stdout + proc.stderr
+    ours = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert len(ours) == 1, out
+    needle = "--ckpt_dir" if mistake == "flag" else "does not exist"
+    assert needle in ours[0], out
+    assert proc.returncode != 0
+    assert "exitcode  : 2" in out and f"traceback : {ours[0]}" in out, out   # every rank exited 2
+    assert "wan_core/" not in "".join(line for line in out.splitlines() if line.lstrip().startswith("File "))

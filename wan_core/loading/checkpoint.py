@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from ..errors import CheckpointError
 from .detect import DIT_LAYOUT, INDEX_NAME, SINGLE_NAME, DiTVariant, detect_variant, read_config
+from .paths import broken_link, describe_missing
 
 log = logging.getLogger("wan_core.loading")
 
@@ -46,7 +47,7 @@ def _open_safetensors(path: Path):
     from safetensors import safe_open
 
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
+        raise CheckpointError(describe_missing(path))
     try:
         return safe_open(str(path), framework="pt", device="cpu")
     except Exception as exc:  # SafetensorError: truncated header/body, not a safetensors file
@@ -105,7 +106,7 @@ class TensorSource:
         """Sharded (index.json + shards) or single-file safetensors checkpoint in `folder`."""
         folder = Path(folder)
         if not folder.is_dir():
-            raise CheckpointError(f"checkpoint folder {folder} does not exist; {DIT_LAYOUT}")
+            raise CheckpointError(f"{broken_link(folder) or f'checkpoint folder {folder} does not exist'}; {DIT_LAYOUT}")
         index = folder / index_name
         single = folder / single_name
         if index.is_file():
@@ -124,7 +125,7 @@ class TensorSource:
             absent = [s for s in shards if not (folder / s).is_file()]
             if absent:
                 raise CheckpointError(
-                    f"{folder / absent[0]} is missing: {index.name} names {len(shards)} shard(s) "
+                    f"{describe_missing(folder / absent[0])}: {index.name} names {len(shards)} shard(s) "
                     f"({', '.join(shards)}) and {len(absent)} of them are absent "
                     f"({', '.join(absent)}); the download is incomplete")
             return cls({k: folder / v for k, v in weight_map.items()}, name=str(folder))
@@ -132,7 +133,7 @@ class TensorSource:
             return cls.from_file(single)
         shards = sorted(p.name for p in folder.glob("*.safetensors"))
         found = f" (found {', '.join(shards)} but no index)" if shards else ""
-        raise CheckpointError(f"{folder / index_name} is missing{found}; {DIT_LAYOUT}")
+        raise CheckpointError(f"{describe_missing(folder / index_name)}{found}; {DIT_LAYOUT}")
 
     @classmethod
     def from_file(cls, path: PathLike) -> "TensorSource":
@@ -352,7 +353,7 @@ def load_pth(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> 
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
+        raise CheckpointError(describe_missing(path))
     try:
         try:
             obj = torch.load(str(path), map_location=map_location, weights_only=True, mmap=True)

@@ -17,6 +17,7 @@ from typing import Iterable, Optional, Union
 
 from ..config import Task
 from ..errors import CheckpointError
+from .paths import broken_link, describe_missing
 
 CONFIG_NAME = "config.json"
 INDEX_NAME = "diffusion_pytorch_model.safetensors.index.json"
@@ -61,7 +62,7 @@ def read_config(folder: Union[str, Path]) -> dict:
     """config.json of a DiT folder as a dict; CheckpointError naming the file when absent or bad."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise CheckpointError(f"checkpoint folder {folder} does not exist (or is not a folder); "
+        raise CheckpointError(f"{broken_link(folder) or f'checkpoint folder {folder} does not exist (or is not a folder)'}; "
                               f"{DIT_LAYOUT}")
     return read_json(folder / CONFIG_NAME, DIT_LAYOUT)
 
@@ -72,7 +73,7 @@ def read_json(path: Union[str, Path], layout: str) -> dict:
     JSON or not an object."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path} is missing; {layout}")
+        raise CheckpointError(f"{describe_missing(path)}; {layout}")
     try:
         with open(path, encoding="utf-8") as fh:
             obj = json.load(fh)
@@ -161,7 +162,7 @@ def detect_task(ckpt_dir: Union[str, Path]) -> Task:
     """The task of an official checkpoint folder (T2V/I2V-A14B by their expert sub-folders)."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
-        raise CheckpointError(f"checkpoint folder {ckpt_dir} does not exist; {DIT_LAYOUT}")
+        raise CheckpointError(f"{broken_link(ckpt_dir) or f'checkpoint folder {ckpt_dir} does not exist'}; {DIT_LAYOUT}")
     expert_dirs = [ckpt_dir / e for e in EXPERTS]
     if any(d.is_dir() for d in expert_dirs):
         variants = [detect_variant(d) for d in expert_dirs]   # raises naming a missing expert

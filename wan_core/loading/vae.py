@@ -15,6 +15,7 @@ import torch
 
 from wan_core.errors import CheckpointError, ConfigError
 from wan_core.loading.checkpoint import load_pth
+from wan_core.loading.paths import describe_missing
 from wan_core.models.vae21 import WanVAE21
 from wan_core.models.vae22 import WanVAE22
 from wan_core.models.vae_common import config_from_state_dict
@@ -30,7 +31,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         sd = load_pth(path)
     else:
         if not path.is_file():
-            raise CheckpointError(f"{path} is missing")
+            raise CheckpointError(describe_missing(path))
         try:
             from safetensors.torch import load_file
 

@@ -44,6 +44,8 @@ def check_checkpoint(ckpt_dir, task: Task, files=None) -> None:
     ComfyUI single files) the parts they give are checked against the task instead
     (`loading.parts.check_parts`). Raises CheckpointError (for the official folder with the
     `python -m wan_core download` command that fetches what is missing) / ConfigError."""
+    from ..loading.paths import broken_link
+
     task = Task.parse(task)
     if files is not None and files.any():
         _check_parts(ckpt_dir, task, files)
@@ -51,6 +53,8 @@ def check_checkpoint(ckpt_dir, task: Task, files=None) -> None:
     ckpt = Path(ckpt_dir)
     fetch = f"python -m wan_core download {task.value} --dir {ckpt.absolute()}"
     if not ckpt.is_dir():
+        if broken_link(ckpt):
+            raise CheckpointError(f"checkpoint folder {broken_link(ckpt)} (--ckpt_dir)")
         raise CheckpointError(f"checkpoint folder {str(ckpt)!r} does not exist (--ckpt_dir); download "
                               f"the official Wan2.2 {task.value} checkpoint there: {fetch}")
     try:
@@ -62,6 +66,7 @@ def check_checkpoint(ckpt_dir, task: Task, files=None) -> None:
 def _check_files(ckpt: Path, task: Task) -> None:
     from ..loading.checkpoint import TensorSource
     from ..loading.detect import detect_task, dit_folders, read_config
+    from ..loading.paths import describe_missing
     from .text import T5_CHECKPOINT, TOKENIZER_SUBDIR
 
     found = detect_task(ckpt)
@@ -74,7 +79,7 @@ def _check_files(ckpt: Path, task: Task) -> None:
     spec = TASKS[task]
     for rel in (T5_CHECKPOINT, str(TOKENIZER_SUBDIR / "tokenizer.json"), spec.vae_file):
         if not (ckpt / rel).is_file():
-            raise CheckpointError(f"{ckpt / rel} is missing; the {task.value} checkpoint folder needs "
+            raise CheckpointError(f"{describe_missing(ckpt / rel)}; the {task.value} checkpoint folder needs "
                                   f"{rel} (from the official Wan2.2 download)")
     if task == Task.S2V_14B:
         from .s2v import check_s2v_checkpoint

@@ -284,11 +284,12 @@ class _ClipHooks(RunHooks):
 def check_s2v_checkpoint(ckpt_dir) -> None:
     """The S2V folder's extra part: `wav2vec2-large-xlsr-53-english/` with config.json and weights."""
     from ..errors import CheckpointError
+    from ..loading.paths import describe_missing
     from ..models.wav2vec2 import FOLDER_NAME, LAYOUT
 
     folder = Path(ckpt_dir) / FOLDER_NAME
     if not (folder / "config.json").is_file():
-        raise CheckpointError(f"{folder / 'config.json'} is missing; {LAYOUT}")
+        raise CheckpointError(f"{describe_missing(folder / 'config.json')}; {LAYOUT}")
     if not any((folder / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
         raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin; {LAYOUT}")
 
