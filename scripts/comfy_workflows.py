@@ -1,7 +1,14 @@
 #!/usr/bin/env python3
-"""Regenerate the example workflows (workflows/*.json, ComfyUI UI format) through the real frontend.
+"""Regenerate the example workflows (example_workflows/*.json, ComfyUI UI format) through the real
+frontend, and their template-browser thumbnails (example_workflows/*.jpg).
 
     python scripts/comfy_workflows.py [--screenshots docs/images] [--only NAME]
+    python scripts/comfy_workflows.py --thumbnails-only          # Pillow only, no ComfyUI needed
+
+ComfyUI lists every `example_workflows/<name>.json` of a custom node in its template browser
+(`GET /workflow_templates`, app/custom_node_manager.py) and the frontend shows `<name>` as the title
+and `<name>.jpg` beside it as the thumbnail: the file names are the titles. Every model node gets
+`properties.models` ([{name, url, directory}]), which the frontend reads for missing downloads.
 
 Starts the ComfyUI that scripts/comfy_setup.sh installed, with this pack linked in and empty
 stand-in checkpoint folders named like the official downloads (so the loader's checkpoint widget
@@ -148,8 +155,120 @@ def api_workflow(task: Task, gpus: int) -> tuple[dict, dict]:
     return p, pos
 
 
+TASK_TITLES = {Task.T2V_A14B: "T2V-A14B text to video", Task.I2V_A14B: "I2V-A14B image to video",
+               Task.TI2V_5B: "TI2V-5B text-image to video", Task.S2V_14B: "S2V-14B speech to video"}
+OUT = REPO / "example_workflows"
+
+
 def workflow_name(task: Task, gpus: int, lora4: bool = False) -> str:
-    return f"wan22_{task.value}_{'4step_lora_' if lora4 else ''}{gpus}gpu"
+    """File name = title in ComfyUI's template browser. Sorted A-Z they group by task, then the
+    official path before the 4-step LoRA one, 1 GPU first."""
+    return f"Wan2.2 {TASK_TITLES[task]}{', 4-step LoRA' if lora4 else ''}, {gpus} GPU{'s' if gpus > 1 else ''}"
+
+
+# -- properties.models ----------------------------------------------------------------------------
+# ComfyUI's own Wan2.2 templates download their single files from these URLs (comfyui-workflow-
+# templates); a widget naming one of these files gets its entry. Official folders point at the
+# Wan-AI repository (a folder is not one download: the frontend lists it, the note says the command).
+_REPACKAGED = "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/resolve/main/split_files/"
+COMFY_FILE_URLS = [
+    _REPACKAGED + "diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors",
+    _REPACKAGED + "diffusion_models/wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+    _REPACKAGED + "diffusion_models/wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors",
+    _REPACKAGED + "diffusion_models/wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors",
+    _REPACKAGED + "diffusion_models/wan2.2_ti2v_5B_fp16.safetensors",
+    _REPACKAGED + "diffusion_models/wan2.2_s2v_14B_fp8_scaled.safetensors",
+    "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files/text_encoders/"
+    "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+    _REPACKAGED + "vae/wan_2.1_vae.safetensors",
+    _REPACKAGED + "vae/wan2.2_vae.safetensors",
+    _REPACKAGED + "audio_encoders/wav2vec2_large_english_fp16.safetensors",
+    _REPACKAGED + "loras/wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors",
+    _REPACKAGED + "loras/wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors",
+    _REPACKAGED + "loras/wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
+    _REPACKAGED + "loras/wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors",
+]
+COMFY_FILES = {url.rsplit("/", 1)[1]: {"name": url.rsplit("/", 1)[1], "url": url,
+                                       "directory": url.split("/split_files/")[1].split("/")[0]}
+               for url in COMFY_FILE_URLS}
+OFFICIAL_REPOS = {folder: f"https://huggingface.co/Wan-AI/{folder}" for folder in OFFICIAL_FOLDERS.values()}
+# Nodes whose widgets name model files or folders (the LoRA nodes get theirs in export()).
+MODEL_NODE_TYPES = ("Wan22MGModelLoader",)
+
+
+def models_for(inputs: dict) -> list[dict]:
+    """properties.models of a node from its widget values (API-format inputs)."""
+    out = []
+    for value in inputs.values():
+        if not isinstance(value, str):
+            continue
+        name = value.replace("\\", "/").rsplit("/", 1)[-1]
+        if name in COMFY_FILES:
+            out.append(dict(COMFY_FILES[name]))
+        elif value in OFFICIAL_REPOS:
+            out.append({"name": value, "url": OFFICIAL_REPOS[value], "directory": "wan22"})
+    return out
+
+
+def add_model_properties(wf: dict, prompt: dict) -> None:
+    """Set properties.models on every model node of the UI workflow `wf` (ids as in `prompt`)."""
+    for node in wf["nodes"]:
+        api = prompt.get(str(node["id"]))
+        if api is not None and api["class_type"] in MODEL_NODE_TYPES:
+            node.setdefault("properties", {})["models"] = models_for(api["inputs"])
+
+
+# -- thumbnails -----------------------------------------------------------------------------------
+_THUMB_COLORS = [(64, 156, 255), (84, 196, 140), (250, 190, 70), (236, 96, 98)]
+
+
+def thumbnail(task: Task, gpus: int, path: Path, lora4: bool = False) -> None:
+    """A title card (the frontend shows it at ~300 px): task, what it does, one tile per GPU."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    def font(size: int, bold: bool = True):
+        name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+        try:
+            return ImageFont.truetype(f"/usr/share/fonts/truetype/dejavu/{name}", size)
+        except OSError:
+            return ImageFont.load_default()
+
+    w, h = 512, 384
+    img = Image.new("RGB", (w, h), (22, 27, 38))
+    d = ImageDraw.Draw(img)
+    short, what = TASK_TITLES[task].split(" ", 1)
+    d.text((32, 30), "Wan2.2", fill=(150, 160, 180), font=font(30, bold=False))
+    d.text((32, 72), short, fill=(235, 240, 250), font=font(64))
+    d.text((32, 152), what, fill=(200, 210, 225), font=font(34, bold=False))
+    tile = 70
+    for i in range(gpus):
+        x0 = 32 + i * (tile + 16)
+        d.rounded_rectangle([x0, 250, x0 + tile, 250 + tile * 1.3], radius=10,
+                            fill=_THUMB_COLORS[i % len(_THUMB_COLORS)])
+    d.text((32 + gpus * (tile + 16) + 8, 282), f"{gpus} GPU{'s' if gpus > 1 else ''}",
+           fill=(235, 240, 250), font=font(40))
+    if lora4:
+        d.rounded_rectangle([330, 24, 490, 70], radius=10, fill=(250, 190, 70))
+        d.text((410, 47), "4-step LoRA", fill=(22, 27, 38), font=font(22), anchor="mm")
+    img.save(path, quality=90)
+
+
+def write_thumbnails(folder: Path = OUT) -> list[Path]:
+    """<name>.jpg for each workflow in `folder`, from its loader's task and gpus widgets."""
+    written = []
+    for wf_path in sorted(folder.glob("*.json")):
+        wf = json.loads(wf_path.read_text())
+        loader = next((n for n in wf["nodes"] if n["type"] == "Wan22MGModelLoader"), None)
+        if loader is None:
+            continue
+        values = loader["widgets_values"]
+        values = values if isinstance(values, dict) else dict(zip(("task", "checkpoint", "gpus"), values))
+        out = wf_path.with_suffix(".jpg")
+        lora4 = any(n["type"] == "Wan22MGLoRA" for n in wf["nodes"])
+        thumbnail(Task.parse(values["task"]), int(values["gpus"]), out, lora4)
+        written.append(out)
+    return written
+
 
 
 ALL = [(task, gpus, False) for task in (Task.T2V_A14B, Task.I2V_A14B, Task.TI2V_5B, Task.S2V_14B)
@@ -194,7 +313,9 @@ def export(frontend: harness.Frontend, task: Task, gpus: int, lora4: bool = Fals
     frontend.load(prompt, workflow_name(task, gpus, lora4) + ".json")
     frontend.js(_LAYOUT_JS, [pos, note, "Read me: where the model files go", models])
     frontend.page.wait_for_timeout(300)
-    return frontend.serialize()
+    wf = frontend.serialize()
+    add_model_properties(wf, prompt)
+    return wf
 
 
 _RUN_JS = """
@@ -217,8 +338,9 @@ async ([overrides]) => {
 def demo_run_screenshot(frontend: harness.Frontend, path: str) -> None:
     """The T2V 2-GPU example run on the tiny test checkpoint (2 CPU ranks): progress, the status
     line and the video player as a user sees them after a run."""
-    wf = json.loads((REPO / "workflows" / (workflow_name(Task.T2V_A14B, 2) + ".json")).read_text())
-    frontend.load(wf, "wan22_t2v-A14B_2gpu.json")
+    name = workflow_name(Task.T2V_A14B, 2) + ".json"
+    wf = json.loads((OUT / name).read_text())
+    frontend.load(wf, name)
     overrides = {"Wan22MGModelLoader": {"checkpoint": "t2v-A14B", "device": "cpu", "dtype": "fp32"},
                  "Wan22MGSampler": {"width": 320, "height": 192, "length": 17, "steps": 8}}
     frontend.js(_RUN_JS, [overrides])
@@ -235,12 +357,18 @@ def demo_run_screenshot(frontend: harness.Frontend, path: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=str(REPO / "workflows"))
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--thumbnails-only", action="store_true",
+                    help="only (re)write the .jpg thumbnails of the workflows in --out (Pillow, no ComfyUI)")
     ap.add_argument("--screenshots", help="also save PNGs of the workflows in this folder")
     ap.add_argument("--only", action="append", help="workflow name(s) to regenerate")
     ap.add_argument("--demo-run", metavar="PNG", help="also run the T2V 2-GPU example on the tiny "
                     "checkpoint (../shared/wan22_tiny, 2 CPU ranks) and save a screenshot after the run")
     args = ap.parse_args()
+    if args.thumbnails_only:
+        for path in write_thumbnails(Path(args.out)):
+            print(f"wrote {path}")
+        return 0
     comfy, python, why = harness.locate()
     if comfy is None:
         print(why, file=sys.stderr)
@@ -272,6 +400,7 @@ def main() -> int:
                         return 1
                     Path(args.out, name + ".json").write_text(json.dumps(wf, indent=2, ensure_ascii=False) + "\n")
                     print(f"wrote {args.out}/{name}.json ({len(wf['nodes'])} nodes)")
+                    thumbnail(task, gpus, Path(args.out, name + ".jpg"), lora4)
                     if args.screenshots:
                         fe.js("() => app.extensionManager.setting.set('Comfy.Minimap.Visible', false)")
                         fe.fit_view()

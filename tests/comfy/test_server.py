@@ -20,7 +20,10 @@ pytestmark = [pytest.mark.comfy, pytest.mark.slow]
 
 NODE_IDS = ("Wan22MGModelLoader", "Wan22MGExpertRouter", "Wan22MGTextEncode", "Wan22MGAudioEncode",
             "Wan22MGSampler", "Wan22MGDecode", "Wan22MGRelease", "Wan22MGLoRA")
-WORKFLOWS = sorted((harness.REPO / "workflows").glob("*.json"))
+WORKFLOWS = sorted((harness.REPO / "example_workflows").glob("*.json"))
+T2V_1GPU = "Wan2.2 T2V-A14B text to video, 1 GPU"      # file names are the template browser's titles
+T2V_2GPU = "Wan2.2 T2V-A14B text to video, 2 GPUs"
+TI2V_1GPU = "Wan2.2 TI2V-5B text-image to video, 1 GPU"
 TINY = {"width": 64, "height": 64, "length": 5, "steps": 3}
 INPUTS = {"i2v-A14B": "i2v_input.png", "ti2v-5B": "ti2v_input.png", "s2v-14B": "s2v_ref.png"}
 FPS = {"t2v-A14B": 16, "i2v-A14B": 16, "ti2v-5B": 24, "s2v-14B": 16}
@@ -152,6 +155,20 @@ def test_pack_imports_and_registers_every_node(comfy):
     assert set(loader["checkpoint"][1]["options"]) == {"t2v-A14B", "i2v-A14B", "ti2v-5B", "s2v-14B", comfy.broken}
 
 
+def test_template_browser_lists_the_workflows(comfy):
+    """ComfyUI's /workflow_templates (what the frontend's template browser shows under the pack's
+    folder name) lists every shipped workflow by its title, and serves each JSON and thumbnail."""
+    import urllib.parse
+
+    listed = comfy.client.get("/workflow_templates")
+    assert sorted(listed.get(harness.PACK_NAME, [])) == [p.stem for p in WORKFLOWS], listed
+    for path in WORKFLOWS:
+        base = f"/api/workflow_templates/{harness.PACK_NAME}/{urllib.parse.quote(path.stem)}"
+        assert comfy.client.get(base + ".json")["nodes"], path.name
+        jpg = comfy.client.get(base + ".jpg")
+        assert jpg[:3] == b"\xff\xd8\xff", path.name                    # a JPEG, as the frontend asks
+
+
 def test_status_route(comfy):
     st = status(comfy)
     assert st["groups"] == [] and st["loads"] == 0
@@ -222,7 +239,7 @@ def test_workflows_load_in_the_frontend_and_export(exported):
         else:
             assert "ulysses_size" not in hidden and "offload" in hidden, (path.name, hidden)   # dit_fsdp on
         assert ("length" in exported.sampler_hidden[path.stem]) == (loader["task"] == "s2v-14B"), path.name
-        if "4step_lora" in path.stem:     # ComfyUI's template path: LoRA per expert, euler 4 steps cfg 1
+        if "4-step LoRA" in path.stem:    # ComfyUI's template path: LoRA per expert, euler 4 steps cfg 1
             loras = [n for n in wf["nodes"] if n["type"] == "Wan22MGLoRA"]
             assert len(loras) == 2, path.name
             for n in loras:
@@ -264,9 +281,9 @@ def test_shipped_workflow_runs_to_an_mp4(comfy, exported, name):
 
 
 def test_new_seed_reuses_the_warm_group(comfy, exported):
-    first = run_ok(comfy, tiny(exported.api["wan22_t2v-A14B_1gpu"], "reuse", seed=1234))
+    first = run_ok(comfy, tiny(exported.api[T2V_1GPU], "reuse", seed=1234))
     before = status(comfy)
-    prompt = tiny(exported.api["wan22_t2v-A14B_1gpu"], "reuse", seed=1235)
+    prompt = tiny(exported.api[T2V_1GPU], "reuse", seed=1235)
     # Previews on for this prompt only (ComfyUI's per-prompt override of --preview-method).
     run = run_ok(comfy, prompt, extra_data={"preview_method": "latent2rgb"})
     after = status(comfy)
@@ -298,7 +315,7 @@ def test_new_seed_reuses_the_warm_group(comfy, exported):
 
 
 def test_interrupt_mid_sampling_then_next_prompt_works(comfy, exported):
-    prompt = tiny(exported.api["wan22_t2v-A14B_1gpu"], "interrupt", steps=400, seed=7)
+    prompt = tiny(exported.api[T2V_1GPU], "interrupt", steps=400, seed=7)
     sampler = by_class(prompt, "Wan22MGSampler")
     sent = []
 
@@ -311,12 +328,12 @@ def test_interrupt_mid_sampling_then_next_prompt_works(comfy, exported):
     assert sent and run.first("execution_interrupted") is not None, run.describe()
     last = max(d["value"] for t, d in run.events if t == "progress")
     assert last < 400
-    run_ok(comfy, tiny(exported.api["wan22_t2v-A14B_1gpu"], "after-interrupt", seed=8))
+    run_ok(comfy, tiny(exported.api[T2V_1GPU], "after-interrupt", seed=8))
     assert status(comfy)["loads"] == loads            # cancelled, not killed: same group
 
 
 def test_broken_checkpoint_is_a_clear_error_and_the_server_keeps_serving(comfy, exported):
-    prompt = tiny(exported.api["wan22_t2v-A14B_1gpu"], "broken")
+    prompt = tiny(exported.api[T2V_1GPU], "broken")
     prompt[by_class(prompt, "Wan22MGModelLoader")]["inputs"]["checkpoint"] = comfy.broken
     run = comfy.client.run(prompt, timeout=300)
     err = run.first("execution_error")
@@ -324,11 +341,11 @@ def test_broken_checkpoint_is_a_clear_error_and_the_server_keeps_serving(comfy, 
     assert err["node_type"] == "Wan22MGModelLoader"
     assert "diffusion_pytorch_model-00002-of-00003.safetensors" in err["exception_message"], err["exception_message"]
     assert comfy.server.alive()
-    run_ok(comfy, tiny(exported.api["wan22_t2v-A14B_1gpu"], "after-broken", seed=9))
+    run_ok(comfy, tiny(exported.api[T2V_1GPU], "after-broken", seed=9))
 
 
 def test_a_path_outside_models_wan22_is_refused(comfy, exported):
-    prompt = tiny(exported.api["wan22_t2v-A14B_1gpu"], "path")
+    prompt = tiny(exported.api[T2V_1GPU], "path")
     prompt[by_class(prompt, "Wan22MGModelLoader")]["inputs"]["checkpoint"] = "../../../etc"
     run = comfy.client.run(prompt)
     assert run.rejected is not None and "value_not_in_list" in json.dumps(run.rejected), run.describe()
@@ -356,17 +373,17 @@ def test_two_cpu_ranks_give_the_one_rank_video(comfy, exported):
     in float32 rounding, so a pixel may move by one 8-bit level at a rounding boundary."""
     import numpy as np
 
-    one = _frames(comfy, tiny(exported.api["wan22_t2v-A14B_1gpu"], "r1", seed=31), "r1")
-    two = _frames(comfy, tiny(exported.api["wan22_t2v-A14B_2gpu"], "r2", seed=31), "r2")
+    one = _frames(comfy, tiny(exported.api[T2V_1GPU], "r1", seed=31), "r1")
+    two = _frames(comfy, tiny(exported.api[T2V_2GPU], "r2", seed=31), "r2")
     assert one.shape == two.shape == (TINY["length"], TINY["height"], TINY["width"], 3)
     diff = np.abs(one.astype(int) - two.astype(int))
     assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
-    assert np.abs(one.astype(int) - _frames(comfy, tiny(exported.api["wan22_t2v-A14B_1gpu"], "r1b", seed=32),
+    assert np.abs(one.astype(int) - _frames(comfy, tiny(exported.api[T2V_1GPU], "r1b", seed=32),
                                             "r1b").astype(int)).max() > 1      # the check can fail
 
 
 def test_dead_group_is_restarted_on_the_next_prompt(comfy, exported):
-    prompt = tiny(exported.api["wan22_t2v-A14B_1gpu"], "dead", seed=11)
+    prompt = tiny(exported.api[T2V_1GPU], "dead", seed=11)
     run_ok(comfy, prompt)
     st = status(comfy)
     group = next(g for g in st["groups"] if g["task"] == "t2v-A14B" and g["layout"].startswith("1 "))
@@ -375,7 +392,7 @@ def test_dead_group_is_restarted_on_the_next_prompt(comfy, exported):
     deadline = time.time() + 30
     while time.time() < deadline and _pid_alive(pid):
         time.sleep(0.2)
-    prompt = tiny(exported.api["wan22_t2v-A14B_1gpu"], "dead", seed=12)
+    prompt = tiny(exported.api[T2V_1GPU], "dead", seed=12)
     run = comfy.client.run(prompt, timeout=300)
     if not run.ok:      # the death may be noticed by this prompt: it fails naming the rank...
         err = run.first("execution_error")
@@ -393,7 +410,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def test_release_node_ends_its_group(comfy, exported):
-    prompt = tiny(exported.api["wan22_ti2v-5B_1gpu"], "release", seed=3)
+    prompt = tiny(exported.api[TI2V_1GPU], "release", seed=3)
     run_ok(comfy, prompt)
 
     def ti2v_layouts():
@@ -417,5 +434,5 @@ def test_free_ends_every_group_and_the_next_prompt_reloads(comfy, exported):
         time.sleep(0.3)
     st = status(comfy)
     assert st["groups"] == [], st
-    run_ok(comfy, tiny(exported.api["wan22_t2v-A14B_1gpu"], "after-free", seed=5))
+    run_ok(comfy, tiny(exported.api[T2V_1GPU], "after-free", seed=5))
     assert status(comfy)["loads"] == st["loads"] + 1
