@@ -548,7 +548,11 @@ def cmd_generate(args) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:   # reported by the subcommand, so the hint names its --help
+        sub = next((a.choices[args.command] for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction)), parser)
+        sub.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(verbose=getattr(args, "verbose", False))
     try:
         if args.command == "generate":

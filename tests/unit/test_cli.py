@@ -231,8 +231,8 @@ def test_missing_lora_file_is_one_line(ckpt, tmp_path):
 
 # ------------------------------------------------------------------------ first contact (issue 11)
 def test_argparse_errors_name_the_command_as_typed():
-    assert_user_error(run_cli("generate", "--task", "t2v-A14B"),
-                      "--ckpt_dir (see `python -m wan_core generate --help`)")
+    assert_user_error(run_cli("generate", "--task", "t2v-A14B", "--no_such_flag"),
+                      "--no_such_flag (see `python -m wan_core generate --help`)")
     line = assert_user_error(run_cli("nosuch"))
     assert line.endswith("(see `python -m wan_core --help`)"), line
 
@@ -264,8 +264,7 @@ def test_torchrun_user_error_is_said_once(tmp_path, mistake):
     printed by rank 0 only, every rank exits 2, and torchrun's own failure report (which it always
     prints for a non-zero exit, with its ChildFailedError) shows our message, not a link."""
     args = ["generate", "--task", "t2v-A14B", "--device", "cpu"]
-    if mistake == "folder":
-        args += ["--ckpt_dir", str(tmp_path / "nope")]
+    args += ["--no_such_flag"] if mistake == "flag" else ["--ckpt_dir", str(tmp_path / "nope")]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -274,7 +273,7 @@ def test_torchrun_user_error_is_said_once(tmp_path, mistake):
     out = proc.stdout + proc.stderr
     ours = [line for line in out.splitlines() if line.startswith("error: ")]
     assert len(ours) == 1, out
-    needle = "--ckpt_dir" if mistake == "flag" else "does not exist"
+    needle = "--no_such_flag" if mistake == "flag" else "does not exist"
     assert needle in ours[0], out
     assert proc.returncode != 0
     assert "exitcode  : 2" in out and f"traceback : {ours[0]}" in out, out   # every rank exited 2

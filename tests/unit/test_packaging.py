@@ -91,10 +91,10 @@ def test_installed_wheel_runs_from_any_folder(wheel, tmp_path):
     command = tmp_path / "venv" / "bin" / "wan22"
     assert run([command, "doctor"], cwd=elsewhere).returncode == 0
     # user mistakes through the console command: one line naming the command as typed, exit 2
-    bad = run([command, "generate", "--task", "t2v-A14B"], cwd=elsewhere)
+    bad = run([command, "generate", "--task", "t2v-A14B", "--no_such_flag"], cwd=elsewhere)
     assert bad.returncode == 2 and bad.stdout == ""
     assert bad.stderr.strip().splitlines() == [
-        "error: the following arguments are required: --ckpt_dir (see `wan22 generate --help`)"]
+        "error: unrecognized arguments: --no_such_flag (see `wan22 generate --help`)"]
 
 
 def test_editable_install_points_at_the_checkout(source, tmp_path):
