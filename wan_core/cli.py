@@ -275,6 +275,20 @@ def _report_error(text: str) -> None:
         _write_torchelastic_error(text)
     if _reports_errors():
         print(text, file=sys.stderr)
+    else:
+        _leave_it_to_rank0(text)
+
+
+def _leave_it_to_rank0(text: str, wait_s: float = 30.0) -> None:
+    """A rank other than 0 with the same pre-join error does not exit first: torchrun would stop
+    rank 0 (SIGTERM) before it printed the line. It waits for torchrun to stop it once rank 0 has
+    exited; if that does not come (rank 0 did not fail, e.g. another node), it says it itself."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+    print(text.replace("error: ", f"error: rank {_rank()}: ", 1), file=sys.stderr)
 
 
 def _write_torchelastic_error(text: str) -> None:
