@@ -3,6 +3,10 @@
 #   $WAN22_COMFY_CACHE (default <repo>/.comfy)/ComfyUI   the source, from ../shared/comfyui/ComfyUI-v0.33.0.tar.gz
 #   $WAN22_COMFY_CACHE/venv                             its Python: torch CPU, ComfyUI's requirements, this
 #                                                       pack's requirements.txt (what a user's ComfyUI has)
+# torch (~750 MB unpacked) is not installed a second time when the project's venv ($WAN_VENV, default
+# <repo>/.venv, made by setup_env.sh) has the same version for the same Python: a folder of links to
+# it goes on the ComfyUI venv's path (a .pth file), and pip installs only torch's small dependencies.
+# It sits outside that venv's site-packages, so pip there can never uninstall or overwrite it.
 # and Debian's chromium (the headless browser of the frontend tests; Playwright never downloads one).
 # Idempotent: a second run checks and returns in seconds. FORCE=1 rebuilds.
 # Env: COMFYUI_DIR=<checkout>  use that ComfyUI instead of extracting the tarball (its venv is still ours)
@@ -12,7 +16,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${WAN22_COMFY_CACHE:-$ROOT/.comfy}"
 VENV="$CACHE/venv"
-PY="${PYTHON:-python3}"
+MAIN_VENV="${WAN_VENV:-$ROOT/.venv}"
+# The same interpreter as the project's venv (when there is one), so its torch can be shared.
+if [ -z "${PYTHON:-}" ] && [ -x "$MAIN_VENV/bin/python" ]; then PY="$MAIN_VENV/bin/python"; else PY="${PYTHON:-python3}"; fi
 TORCH_VERSION="${WAN_TORCH_VERSION:-2.13.0}"
 # torchvision minor = torch minor + 15. PyPI has CUDA builds only: installed --no-deps, plus the shim.
 TORCHVISION_VERSION="${TORCHVISION_VERSION:-0.28.0}"
@@ -43,6 +49,35 @@ fi
 log "ComfyUI $(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$COMFY/comfyui_version.py" 2>/dev/null) at $COMFY"
 
 # ------------------------------------------------------------------ 2. venv: torch (CPU) + ComfyUI requirements
+link_main_torch() {   # 0 when the project venv's torch is now on the ComfyUI venv's path
+  [ -x "$MAIN_VENV/bin/python" ] || return 1
+  "$MAIN_VENV/bin/python" - "$VENV/bin/python" "$CACHE/torch_from_main_venv" "$TORCH_VERSION" <<'EOF'
+import importlib.metadata as md
+import os
+import shutil
+import subprocess
+import sys
+
+target_python, links, wanted = sys.argv[1:4]
+try:
+    dist = md.distribution("torch")
+except md.PackageNotFoundError:
+    sys.exit(1)
+probe = "import sys, sysconfig; print(sys.version_info[:2], sysconfig.get_paths()['purelib'])"
+out = subprocess.run([target_python, "-c", probe], capture_output=True, text=True, check=True).stdout
+version, target_site = out.strip().split(") ", 1)
+if not dist.version.startswith(wanted) or version + ")" != str(sys.version_info[:2]):
+    sys.exit(1)                       # another torch, or built for another Python: install instead
+site = str(dist.locate_file(""))
+tops = sorted({f.parts[0] for f in dist.files if f.parts[0] != ".."})   # torch, torchgen, functorch, dist-info
+shutil.rmtree(links, ignore_errors=True)
+os.makedirs(links)
+for name in tops:
+    os.symlink(os.path.join(site, name), os.path.join(links, name))
+with open(os.path.join(target_site, "wan22_shared_torch.pth"), "w") as f:
+    f.write(links + "\n")
+EOF
+}
 [ "${FORCE:-0}" = 1 ] && rm -rf "$VENV"
 [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
 PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
@@ -51,8 +86,12 @@ if [ "$(cat "$VENV/.wan22_stamp" 2>/dev/null)" = "$REQ_STAMP" ] && "$VENV/bin/py
   log "venv up to date ($VENV)"
 else
   if ! "$VENV/bin/python" -c "import torch,sys; sys.exit(0 if torch.__version__.startswith('$TORCH_VERSION') else 1)" 2>/dev/null; then
-    log "installing torch==$TORCH_VERSION (CPU)"
-    "${PIP[@]}" install "torch==$TORCH_VERSION" 2>&1 | quiet
+    if link_main_torch; then
+      log "torch $TORCH_VERSION: shared from $MAIN_VENV (links in $CACHE/torch_from_main_venv); installing its dependencies"
+    else
+      log "installing torch==$TORCH_VERSION (CPU)"
+    fi
+    "${PIP[@]}" install "torch==$TORCH_VERSION" 2>&1 | quiet   # with a shared torch: only its dependencies
   fi
   CONSTRAINTS="$CACHE/constraints.txt"
   echo "torch==$TORCH_VERSION" > "$CONSTRAINTS"
