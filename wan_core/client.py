@@ -79,7 +79,8 @@ class EngineClient:
         self.spec = spec
         config = watchdog or WatchdogConfig.from_env()
         self._group = WorkerGroup(spec, start_timeout_s=start_timeout_s, should_cancel=should_cancel,
-                                  on_progress=on_progress, heartbeat_s=config.heartbeat_s)
+                                  on_progress=on_progress, heartbeat_s=config.heartbeat_s,
+                                  load_silence_s=config.load_silence_s)
         self._watchdog = Watchdog(self._group.world_size, self._group.pids, config)
         self._job_lock = threading.Lock()
         self._ids = itertools.count(1)

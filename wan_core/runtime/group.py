@@ -50,6 +50,7 @@ from . import protocol as P
 from .processes import (OWNER_FILE, PACK_ROOT, Spawner, check_start, child_envs, describe_exit,
                         exit_status, proc_start_time, sweep_stale_groups)
 from .transport import Channel, sweep
+from .watchdog import hung
 
 TERM_GRACE_S = 3.0
 SHUTDOWN_GRACE_S = 5.0
@@ -57,6 +58,9 @@ PG_TIMEOUT_S = 1800.0
 """Collective timeout of the process groups: longer than any legitimate collective, loading skew
 included (docs/runtime.md §2.3). Idle ranks wait on their pipe, never in a collective."""
 _HELLO_TIMEOUT_S = 30.0
+_CONNECT_SILENCE_S = 120.0
+"""A rank that has not connected this long after its spawn is hung (its Python imports, torch's
+CUDA start-up, can take a minute on a cold disk); after it connected, `load_silence_s` applies."""
 _LOG_TAIL_LINES = 30
 
 
@@ -90,10 +94,11 @@ class WorkerGroup:
     def __init__(self, spec: EngineSpec, *, start_timeout_s: float = 1800.0,
                  should_cancel: Optional[Callable[[], bool]] = None,
                  on_progress: Optional[Callable[[P.ProgressEvent], None]] = None,
-                 heartbeat_s: float = 1.0) -> None:
+                 heartbeat_s: float = 1.0, load_silence_s: float = 300.0) -> None:
         check_start(spec)   # ConfigError for an impossible spec before anything is created
         self.spec = spec
         self.heartbeat_s = heartbeat_s
+        self.load_silence_s = load_silence_s
         self.last_heard: dict[int, tuple[float, str]] = {}
         """rank -> (time.monotonic() of its last message, its phase as last reported)."""
         self.world_size = spec.parallel.num_gpus
@@ -162,6 +167,9 @@ class WorkerGroup:
                                                  for r, env in enumerate(envs)])
         finally:
             os.close(lifeline_r)
+        spawned = time.monotonic()
+        self.last_heard = {r: (spawned, "starting (importing torch, connecting)")
+                           for r in range(self.world_size)}
         owner = {"pid": os.getpid(), "start": proc_start_time(os.getpid()), "token": self._token,
                  "workers": self.pids}
         Path(self._dir, OWNER_FILE).write_text(json.dumps(owner))
@@ -216,7 +224,16 @@ class WorkerGroup:
         while len(ready) < self.world_size:
             if should_cancel is not None and should_cancel():
                 raise Cancelled()
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            for rank, (heard_at, phase) in sorted(self.last_heard.items()):
+                bound = self.load_silence_s
+                if rank not in self._channels:     # not connected yet: still importing torch
+                    bound = max(bound, _CONNECT_SILENCE_S)
+                if rank not in ready and now - heard_at > bound:
+                    raise hung(rank, self._procs[rank].pid,
+                               f"sent nothing for {now - heard_at:.1f} s while the group started "
+                               f"(bound {bound:g} s)", phase, self.log_tail(rank))
+            if now > deadline:
                 late = min(set(range(self.world_size)) - set(ready))
                 raise WorkerFailure(late, "TimeoutError",
                                     f"worker rank {late} was not ready in time (still loading?)",

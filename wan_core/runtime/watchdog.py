@@ -40,7 +40,8 @@ def _env_float(name: str, default: float) -> float:
 @dataclass(frozen=True)
 class WatchdogConfig:
     """Bounds of the watchdog (seconds). `from_env()` reads WAN_CORE_HEARTBEAT_S,
-    WAN_CORE_SILENCE_S, WAN_CORE_CANCEL_ACK_S, WAN_CORE_STOP_S (tests shorten them)."""
+    WAN_CORE_SILENCE_S, WAN_CORE_CANCEL_ACK_S, WAN_CORE_STOP_S, WAN_CORE_LOAD_SILENCE_S (tests
+    shorten them)."""
 
     heartbeat_s: float = 1.0
     silence_s: float = 30.0
@@ -51,6 +52,10 @@ class WatchdogConfig:
     """After every rank acknowledged a Cancel: the time to reach the next step boundary (a cancel
     during text encoding or decoding waits for it) before the group counts as deadlocked."""
     step_factor: float = 3.0
+    load_silence_s: float = 300.0
+    """While a group starts: a rank not heard from for this long (from its spawn: importing torch,
+    joining, loading weights) is hung. Generous, because a rank reading a large file may hold the
+    GIL, and its heartbeat thread with it, for a while."""
 
     @classmethod
     def from_env(cls) -> "WatchdogConfig":
@@ -58,7 +63,8 @@ class WatchdogConfig:
         return cls(heartbeat_s=_env_float("WAN_CORE_HEARTBEAT_S", d.heartbeat_s),
                    silence_s=_env_float("WAN_CORE_SILENCE_S", d.silence_s),
                    cancel_ack_s=_env_float("WAN_CORE_CANCEL_ACK_S", d.cancel_ack_s),
-                   stop_s=_env_float("WAN_CORE_STOP_S", d.stop_s))
+                   stop_s=_env_float("WAN_CORE_STOP_S", d.stop_s),
+                   load_silence_s=_env_float("WAN_CORE_LOAD_SILENCE_S", d.load_silence_s))
 
 
 def process_state(pid: int) -> str:
@@ -157,11 +163,16 @@ class Watchdog:
 
     def _failure(self, rank: int, what: str, ranks: Optional[list[int]] = None) -> WorkerFailure:
         pid = self.pids[rank] if rank < len(self.pids) else -1
-        state = process_state(pid)
         others = ""
         if ranks and len(ranks) > 1:
             others = f" (ranks {', '.join(map(str, ranks))} are all late)"
-        doing = self._what.get(rank, "?")
-        message = (f"worker rank {rank} (pid {pid}) {what}{others}; it was {doing}"
-                   f"{'; ' + state if state else ''}. {REMEDY}")
-        return WorkerFailure(rank, "WorkerHung", message)
+        return hung(rank, pid, what + others, self._what.get(rank, "?"))
+
+
+def hung(rank: int, pid: int, what: str, doing: str, log_tail: str = "") -> WorkerFailure:
+    """The WorkerHung failure: the rank, its pid, what went wrong, what it was doing, its process
+    state and the usual remedy."""
+    state = process_state(pid)
+    message = (f"worker rank {rank} (pid {pid}) {what}; it was {doing}"
+               f"{'; ' + state if state else ''}. {REMEDY}")
+    return WorkerFailure(rank, "WorkerHung", message, log_tail)

@@ -9,13 +9,13 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 import comfyui_harness as harness
 from tests._sockets import listening
+from tests._procs import sigstop
 
 pytestmark = [pytest.mark.comfy, pytest.mark.slow]
 
@@ -146,7 +146,7 @@ def test_stopped_rank_then_cancel_ends_the_prompt_then_the_next_one_runs(comfy):
 
     def stop_then_cancel(typ, data, client, prompt_id):
         if typ == "progress" and data.get("node") == "3" and not marks:
-            os.kill(before_pids[1], signal.SIGSTOP)
+            sigstop(before_pids[1])
             client.post("/interrupt", {"prompt_id": prompt_id})
             marks["t"] = time.monotonic()
 
