@@ -115,20 +115,7 @@ def test_stopped_rank_then_cancel_ends_the_group_then_a_new_one_runs(t2v_ckpt):
 
 def _my_workers() -> dict[int, int]:
     """pid -> rank of the worker processes this process started."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == os.getpid() and b"wan_core.runtime.worker" in cmd and b"--rank" in cmd:
-            out[int(entry)] = int(cmd[cmd.index(b"--rank") + 1])
-    return out
+    return _children_workers(os.getpid())
 
 
 @pytest.mark.timeout(120)
@@ -185,3 +172,64 @@ def test_dead_client_workers_remove_its_folder_and_shm(t2v_ckpt, sig):
         driver.kill()
         driver.wait()
         _kill_all(pids)
+
+
+@pytest.mark.timeout(180)
+def test_cli_with_a_stopped_worker_exits_with_the_message(t2v_ckpt, tmp_path):
+    """`python -m wan_core generate --num_gpus 2` (a worker group): rank 1 stopped once denoising
+    shows on stderr; with WAN_CORE_SILENCE_S=4 the CLI exits 1 naming rank 1 (WorkerHung), and
+    no worker is left."""
+    import threading
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", WAN_CORE_SILENCE_S="4", WAN_CORE_HEARTBEAT_S="0.2",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    w, h = REQUEST.size
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wan_core", "generate", "--task", "t2v-A14B", "--ckpt_dir", str(t2v_ckpt),
+         "--device", "cpu", "--num_gpus", "2", "--ulysses_size", "2", "--prompt", REQUEST.prompt,
+         "--size", f"{w}*{h}", "--frame_num", str(REQUEST.frame_num), "--sample_steps", "400",
+         "--base_seed", "1", "--save_file", str(tmp_path / "out.mp4")],
+        env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    err: list[str] = []
+    workers: dict[int, int] = {}
+    stopped = threading.Event()
+
+    def read() -> None:
+        for line in iter(lambda: proc.stderr.read(200), ""):
+            err.append(line)
+            if not stopped.is_set() and "denoise" in "".join(err[-3:]):
+                workers.update(_children_workers(proc.pid))
+                pid = next(p for p, r in workers.items() if r == 1)
+                sigstop(pid)
+                stopped.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert proc.wait(timeout=150) == 1
+        reader.join(10)
+        text = "".join(err)
+        assert stopped.is_set(), text[-2000:]
+        assert "error: worker rank 1 failed: WorkerHung" in text and "stopped (SIGSTOP" in text, text[-2000:]
+        assert _wait_gone(list(workers), 5) == []
+    finally:
+        proc.kill()
+        _kill_all(list(workers))
+
+
+def _children_workers(ppid: int) -> dict[int, int]:
+    """pid -> rank of the worker processes whose parent is `ppid`."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == ppid and b"wan_core.runtime.worker" in cmd:
+            out[int(entry)] = int(cmd[cmd.index(b"--rank") + 1])
+    return out
