@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from test_runtime import DRIVER, REQUEST, _kill_all, _leftovers, _spec, _wait_gone
+from tests.distributed.test_runtime import DRIVER, REQUEST, _kill_all, _leftovers, _spec, _wait_gone
 from tests._procs import sigstop
 from tests._sockets import exposed, listening
 from wan_core import GenerateRequest

@@ -7,6 +7,7 @@ CUDA_VISIBLE_DEVICES, CUDA memory in status(), GPU memory given back after a fai
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -113,4 +114,38 @@ def test_gpu_killed_client_leaves_no_workers(ckpt):
     finally:
         driver.kill()
         driver.wait()
+        _kill_all(pids)
+
+
+def test_gpu_stopped_rank_and_sockets(ckpt):
+    """Issue 15 on NCCL: while 2 GPU ranks generate, nothing listens beyond loopback (gloo control
+    group and NCCL's bootstrap on `lo`; NCCL's own cuMem IPC sockets are abstract datagram sockets,
+    local to the machine, printed for the record); then rank 1 is stopped and Cancel is asked: the
+    group is ended within ~15 s naming rank 1 (a survivor blocked in an NCCL collective is killed
+    with it), and its GPU memory is given back."""
+    from tests._sockets import listening
+    from tests.distributed.test_hang import StopAtDenoise
+    from wan_core.runtime.watchdog import WatchdogConfig
+
+    client = EngineClient(_spec(ckpt, 2), start_timeout_s=200, watchdog=WatchdogConfig(cancel_ack_s=10.0))
+    pids = client.pids
+    everyone = [os.getpid(), *pids]
+    stop = StopAtDenoise(pids[1], scan=lambda: [(s, s.problem()) for s in listening(everyone)])
+    try:
+        with pytest.raises(WorkerFailure) as info:
+            client.generate(GenerateRequest(**{**REQUEST.__dict__, "steps": 400}), on_progress=stop,
+                            should_cancel=lambda: stop.stopped_at is not None)
+        took = time.monotonic() - stop.stopped_at
+        print(f"\nsockets during the run: {stop.sockets}\nended {took:.1f} s after the stop: {info.value}")
+        with open("/proc/net/unix") as f:
+            print("abstract unix sockets now:", [ln.split()[-1] for ln in f if "@" in ln.split()[-1]][:20])
+        assert [(s, why) for s, why in stop.sockets if why] == []
+        assert info.value.rank == 1 and info.value.exc_type == "WorkerHung" and took < 15
+        assert _leftovers(pids) == []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and set(pids) & _gpu_processes():
+            time.sleep(0.2)
+        assert not set(pids) & _gpu_processes()
+    finally:
+        client.close()
         _kill_all(pids)
