@@ -72,6 +72,10 @@ def test_one_rank_same_latent_and_video(t2v_files, official_latent):
     eng = WanEngine(EngineSpec(task=Task.T2V_A14B, ckpt_dir="", device="cpu", param_dtype=ParamDtype.FP32,
                                files=files))
     assert "spiece_model" in eng.tokenizer_source     # the tokenizer came from the umT5 file
+    dit = eng.models.models[next(iter(eng.models.models))]
+    assert dit.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn    # weights=auto keeps fp8
+    assert dit.blocks[0].norm3.weight.dtype == torch.float32                # high precision stays
+    assert eng.text_encoder.model.blocks[0].attn.q.weight.dtype == torch.float8_e4m3fn
     out = eng.generate(GenerateRequest(**REQ))
     assert rel_err(out.latent, official_latent.latent) < 1e-5
     assert (out.video.int() - official_latent.video.int()).abs().max() <= 1   # uint8 rounding
@@ -87,3 +91,49 @@ def test_two_gloo_ranks_fsdp_ulysses(t2v_files, official_latent):
     with EngineClient(spec) as client:
         out = client.generate(GenerateRequest(**REQ, decode=False))
     assert rel_err(out.latent, official_latent.latent) < 1e-5
+
+
+def test_weights_fp32_reads_fp8_files_dequantized(t2v_files, official_latent):
+    from wan_core.pipeline.engine import WanEngine
+
+    files, _ = t2v_files
+    eng = WanEngine(EngineSpec(task=Task.T2V_A14B, ckpt_dir="", device="cpu", param_dtype=ParamDtype.FP32,
+                               files=files, weights="fp32"))
+    dit = eng.models.models[next(iter(eng.models.models))]
+    assert dit.blocks[0].self_attn.q.weight.dtype == torch.float32
+    out = eng.generate(GenerateRequest(**REQ, decode=False))
+    assert rel_err(out.latent, official_latent.latent) < 1e-5
+
+
+def test_weights_fp8_quantizes_an_official_folder(tiny_dir, tmp_path):
+    """weights=fp8 on the official fp32 folder == the official layout holding the per-tensor fp8
+    quantized block linears (DiT and T5), the effective weights the converter computes."""
+    from wan_core.pipeline.engine import WanEngine
+
+    ckpt = tiny_dir / "ckpt"
+    eff_dir = tmp_path / "eff"
+    for expert in ("high_noise_model", "low_noise_model"):
+        eff = cf.write_dit(ckpt / "t2v-A14B" / expert, tmp_path / f"{expert}.safetensors", "fp8_scaled")
+        cfg = json.loads((ckpt / "t2v-A14B" / expert / "config.json").read_text())
+        # the converter stores the non-quantized tensors in bf16; weights=fp8 keeps them fp32
+        src = cf.read_official_dit(ckpt / "t2v-A14B" / expert)
+        eff = {k: (v if v.dtype == torch.float32 and cf._DIT_QUANT.match(k) else src[k].float()) for k, v in eff.items()}
+        cf.write_official_dit(eff, cfg, eff_dir / expert)
+    t5 = torch.load(ckpt / "shared" / "models_t5_umt5-xxl-enc-bf16.pth", weights_only=True)
+    t5 = {k: (cf.quantize(v)[0].float() * cf.quantize(v)[1] if cf._T5_QUANT.match(k) else v.float())
+          for k, v in t5.items()}
+    torch.save(t5, eff_dir / "models_t5_umt5-xxl-enc-bf16.pth")
+    for name in ("Wan2.1_VAE.pth", "google"):
+        (eff_dir / name).symlink_to((ckpt / "shared" / name).resolve())
+    req = GenerateRequest(**REQ, decode=False)
+    from _tiny import task_ckpt
+
+    folder = task_ckpt(tiny_dir, "t2v-A14B", tmp_path / "links")
+    a = WanEngine(EngineSpec(task=Task.T2V_A14B, ckpt_dir=str(folder), device="cpu", param_dtype=ParamDtype.FP32,
+                             weights="fp8"))
+    assert a.models.models[next(iter(a.models.models))].blocks[1].ffn[2].weight.dtype == torch.float8_e4m3fn
+    lat_a = a.generate(req).latent
+    a.close()
+    b = WanEngine(EngineSpec(task=Task.T2V_A14B, ckpt_dir=str(eff_dir), device="cpu", param_dtype=ParamDtype.FP32))
+    lat_b = b.generate(req).latent
+    assert rel_err(lat_a, lat_b) < 1e-5

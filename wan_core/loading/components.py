@@ -207,3 +207,37 @@ def load_wav2vec2_file(path: PathLike, device: Union[str, torch.device] = "cpu",
 
 __all__ = ["dit_file_config", "dit_file_on_meta", "load_dit_file", "load_t5_file", "file_tokenizer",
            "load_vae_file", "wav2vec2_file_config", "load_wav2vec2_file"]
+
+
+# -- any DiT location, with the weights mode ------------------------------------------------------
+
+
+@contextmanager
+def open_dit(path: PathLike, *, s2v: bool, kernel, dtype: torch.dtype, weights: str = "auto",
+             fast: bool = False) -> Iterator[tuple[nn.Module, object, list]]:
+    """(DiT on meta in `dtype`, the source to fill it from, fp8 layer names) for an official folder
+    or a single file. fp8 layers (the file's own fp8 linears under `weights='auto'`, the block
+    linears under 'fp8'/'fp8_fast') are swapped to `loading.fp8.Fp8Linear` before any data is read,
+    and the source yields their fp8 data and scales."""
+    from .checkpoint import dit_on_meta
+    from .fp8 import DIT_FP8_LAYERS, Fp8Source, apply_fp8, fp8_layer_names
+
+    on_meta = dit_file_on_meta if Path(path).is_file() else dit_on_meta
+    with on_meta(path, s2v=s2v, kernel=kernel) as (model, source, variant):
+        model.to(dtype)      # on meta: records the dtype only
+        names = [] if weights in ("bf16", "fp16", "fp32") else \
+            fp8_layer_names(model, source, DIT_FP8_LAYERS, quantize_all=weights in ("fp8", "fp8_fast"))
+        if names:
+            apply_fp8(model, names, dtype, fast=fast)
+            source = Fp8Source(source, names)
+        yield model, source, names
+
+
+def load_dit_any(path: PathLike, dtype: torch.dtype, device, kernel=None, *, s2v: bool = False,
+                 weights: str = "auto", fast: bool = False) -> nn.Module:
+    """A DiT from a folder or a single file, materialised on `device` (fp8 layers kept fp8)."""
+    t0 = time.perf_counter()
+    with open_dit(path, s2v=s2v, kernel=kernel, dtype=dtype, weights=weights, fast=fast) as (model, src, names):
+        materialize(model, src, dtype, device, what="DiT")
+    log.info("loaded DiT %s in %.1f s (%s, %d fp8 layers)", path, time.perf_counter() - t0, dtype, len(names))
+    return model.eval()

@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import LayerNorm, LocalAttention, RMSNorm, linear, linear_fp32, sinusoidal_embedding_1d
+from .layers import (LayerNorm, LocalAttention, RMSNorm, compute_dtype, linear, linear_fp32,
+                     sinusoidal_embedding_1d)
 from .rope import grid_table, rope_apply
 
 MODEL_TYPES = ("t2v", "i2v", "ti2v", "s2v")
@@ -161,7 +162,7 @@ class WanAttentionBlock(nn.Module):
         h = self.norm2(x).float() * (1 + self.mod(e0, 4)) + self.mod(e0, 3)
         # Through `linear` (not the Sequential) so a LoRA's `lora_delta` reaches the FFN too.
         ffn0, ffn2 = self.ffn[0], self.ffn[2]
-        y = linear(F.gelu(linear(h.to(ffn0.weight.dtype), ffn0), approximate="tanh"), ffn2)
+        y = linear(F.gelu(linear(h.to(compute_dtype(ffn0)), ffn0), approximate="tanh"), ffn2)
         x = x + y * self.mod(e0, 5)
         return x
 

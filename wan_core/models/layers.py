@@ -19,13 +19,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def compute_dtype(layer: nn.Linear) -> torch.dtype:
+    """The dtype a big linear computes in: its weight's, or the `compute_dtype` a weight transform
+    that replaced the layer set (fp8 weights compute in bf16, loading/fp8.py)."""
+    return getattr(layer, "compute_dtype", layer.weight.dtype)
+
+
 def linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
-    """A big linear: the input is cast to the weight's dtype (bf16 weights -> bf16 matmul).
+    """A big linear: the input is cast to the weight's dtype (bf16 weights -> bf16 matmul). A layer
+    replaced from outside by a subclass (a weight transform: fp8, loading/fp8.py) computes itself.
 
     Injection point: `layer.lora_delta`, when set from outside (loading/lora.py), is called as
     `delta(x, out) -> out` and adds the LoRA terms; the model never sets it."""
-    w = layer.weight
-    out = F.linear(x.to(w.dtype), w, layer.bias)
+    if type(layer) is not nn.Linear:
+        out = layer(x)
+    else:
+        w = layer.weight
+        out = F.linear(x.to(w.dtype), w, layer.bias)
     delta = layer.__dict__.get("lora_delta")
     return out if delta is None else delta(x, out)
 

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .dit import DiTConfig, WanAttentionBlock, WanCrossAttention, WanModel
-from .layers import linear
+from .layers import compute_dtype, linear
 from .rope import grid_table, rope_freqs
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +305,7 @@ class S2VAttentionBlock(WanAttentionBlock):
         x = x + self.cross_attn(self.norm3(x), context)
         h = affine(self.norm2(x).float(), mod(4), mod(3))
         ffn0, ffn2 = self.ffn[0], self.ffn[2]   # through `linear`: LoRA deltas apply (models/layers.py)
-        y = linear(F.gelu(linear(h.to(ffn0.weight.dtype), ffn0), approximate="tanh"), ffn2)
+        y = linear(F.gelu(linear(h.to(compute_dtype(ffn0)), ffn0), approximate="tanh"), ffn2)
         return x + gate(y, mod(5))
 
 

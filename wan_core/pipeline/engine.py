@@ -111,17 +111,15 @@ def _check_parts(ckpt_dir, task: Task, files) -> None:
 
 
 def _weights_dtype(spec: EngineSpec) -> torch.dtype:
-    """The parameter dtype of the DiT(s) and T5: `weights` bf16/fp16/fp32 casts at load; `auto`
-    keeps `param_dtype` (the CLI's --dtype); fp8 files are read dequantized into it."""
+    """The high-precision dtype of the DiT(s) and T5: `weights` bf16/fp16/fp32 casts at load;
+    auto, fp8 and fp8_fast keep `param_dtype` (the CLI's --dtype) for the layers not held in fp8
+    (and as the compute dtype of the fp8 ones)."""
     from ..config import WeightsMode
 
     weights = WeightsMode.parse(spec.weights)
-    if weights in (WeightsMode.FP8, WeightsMode.FP8_FAST):
-        raise ConfigError(f"weights={weights.value!r} is not available in this build yet; use auto, bf16, "
-                          "fp16 or fp32 (fp8 files are then read dequantized)")
-    if weights == WeightsMode.AUTO:
-        return ParamDtype(spec.param_dtype).torch_dtype
-    return ParamDtype(weights.value).torch_dtype
+    if weights in (WeightsMode.BF16, WeightsMode.FP16, WeightsMode.FP32):
+        return ParamDtype(weights.value).torch_dtype
+    return ParamDtype(spec.param_dtype).torch_dtype
 
 
 class WanEngine:
@@ -153,7 +151,10 @@ class WanEngine:
         check_checkpoint(ckpt, self.task, spec.files)
         from ..loading.parts import dit_config, resolve_parts
 
+        from ..loading.parts import check_parts
+
         self.parts = resolve_parts(self.task, ckpt, spec.files)
+        self.parts_info = check_parts(self.parts)   # FileInfo of each single file (format, dtype)
         folders = self.parts.dits
         dit_cfg = dit_config(next(iter(folders.values())))
         par = spec.parallel
@@ -216,6 +217,8 @@ class WanEngine:
         else:
             self.text_encoder = TextEncoder(checkpoint_path=path, tokenizer_dir=self.parts.tokenizer_dir,
                                             text_len=self.text_len, device=where, dtype=dtype)
+        self.text_encoder_dtype = dtype
+        self._t5_to_fp8(self.text_encoder.model, path)
         if par.t5_fsdp:
             parallelize_t5(self.text_encoder.model, self.dist, par)
         # Moved to the device for each encode and back afterwards (official offload_model).
@@ -243,20 +246,18 @@ class WanEngine:
 
     def _load_dit(self, folder: Path, dtype: torch.dtype, offload: OffloadMode, kernel):
         """One DiT, loaded and parallelised the way `spec.parallel` asks (pipeline/parallelize.py)."""
-        from ..loading.checkpoint import dit_on_meta, load_dit
-        from ..loading.components import dit_file_on_meta, load_dit_file
+        from ..loading.components import load_dit_any, open_dit
         from .parallelize import parallelize_dit
 
         par = self.spec.parallel
-        single = Path(folder).is_file()   # a ComfyUI single file: read under official names
-        if par.dit_fsdp:   # rank-local: each rank reads only its rows of each tensor
-            on_meta = dit_file_on_meta if single else dit_on_meta
-            with on_meta(folder, s2v=self.is_s2v, kernel=kernel) as (model, source, _):
-                parallelize_dit(model, self.dist, par, source=source, dtype=dtype)
+        weights, fast = self._fp8_mode()
+        if par.dit_fsdp:   # rank-local: each rank reads only its rows of each tensor (fp8 stays fp8)
+            with open_dit(folder, s2v=self.is_s2v, kernel=kernel, dtype=dtype, weights=weights,
+                          fast=fast) as (model, source, _):
+                parallelize_dit(model, self.dist, par, source=source, dtype=None)
             return model.eval()
         where = torch.device("cpu") if offload != OffloadMode.NONE else self.device
-        load = load_dit_file if single else load_dit
-        model = load(folder, dtype=dtype, device=where, kernel=kernel, s2v=self.is_s2v)
+        model = load_dit_any(folder, dtype, where, kernel, s2v=self.is_s2v, weights=weights, fast=fast)
         return parallelize_dit(model, self.dist, par)
 
     def _lora_manager(self, dits):
@@ -278,6 +279,32 @@ class WanEngine:
                                     else []) if masters else None,
                            before_change=fsdp_.release,
                            on_warning=(lambda text: None) if quiet else log.warning)
+
+    def _fp8_mode(self) -> tuple[str, bool]:
+        """(weights mode, fp8_fast usable here); fp8_fast on a GPU without fp8 matmuls says so and
+        runs as fp8 (dequantizing in each linear)."""
+        from ..config import WeightsMode
+        from ..loading.fp8 import fast_supported
+
+        weights = WeightsMode.parse(self.spec.weights)
+        fast = False
+        if weights == WeightsMode.FP8_FAST:
+            fast, why = fast_supported(self.device)
+            if self.dist.rank == 0:
+                (log.info if fast else log.warning)("weights=fp8_fast: %s", why)
+        return weights.value, fast
+
+    def _t5_to_fp8(self, model, path: Path) -> None:
+        """T5 in fp8 too: for weights fp8/fp8_fast, and for auto when the file holds fp8."""
+        from ..loading.fp8 import T5_FP8_LAYERS, apply_fp8
+
+        weights, _ = self._fp8_mode()
+        from_fp8_file = weights == "auto" and path.suffix == ".safetensors" and \
+            self.parts_info.get("text_encoder") is not None and \
+            self.parts_info["text_encoder"].encoding.startswith("fp8")
+        if weights in ("fp8", "fp8_fast") or from_fp8_file:
+            names = [n for n, m in model.named_modules() if T5_FP8_LAYERS.match(n)]
+            apply_fp8(model, names, self.text_encoder_dtype)
 
     # -- running ------------------------------------------------------------------------------
 
