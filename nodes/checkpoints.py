@@ -112,3 +112,53 @@ def hide_paths(obj):
         for root, name in _model_roots():
             obj = obj.replace(root + os.sep, name + "/").replace(root, name)
     return obj
+
+
+# -- single model files in ComfyUI's own folders (issue 12) -------------------------------------
+
+FROM_CHECKPOINT = "(from checkpoint)"
+COMPONENTS = "(component files only)"
+PART_FOLDERS = {  # widget -> ComfyUI folder name (folder_paths; legacy unet/ and clip/ included)
+    "dit_high_noise": "diffusion_models", "dit_low_noise": "diffusion_models", "dit": "diffusion_models",
+    "text_encoder": "text_encoders", "vae": "vae", "audio_encoder": "audio_encoders",
+}
+DOWNLOADS = {  # where ComfyUI's template files come from
+    "diffusion_models": "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/tree/main/split_files/diffusion_models",
+    "text_encoders": "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/tree/main/split_files/text_encoders",
+    "vae": "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/tree/main/split_files/vae (wan2.2_vae) or "
+           "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/tree/main/split_files/vae (wan_2.1_vae)",
+    "audio_encoders": "https://huggingface.co/Comfy-Org/Wan_2.2_ComfyUI_Repackaged/tree/main/split_files/audio_encoders",
+}
+
+
+def list_part_files(part: str) -> list[str]:
+    """The .safetensors files of a part's ComfyUI folder (every path folder_paths knows for it,
+    extra_model_paths.yaml entries included), after the '(from checkpoint)' choice."""
+    try:
+        import folder_paths
+
+        names = [n for n in folder_paths.get_filename_list(PART_FOLDERS[part]) if n.endswith(".safetensors")]
+    except (ImportError, KeyError):
+        names = []
+    return [FROM_CHECKPOINT] + sorted(names, key=str.lower)
+
+
+def resolve_part(part: str, name: str):
+    """Absolute path of a listed file, None for '(from checkpoint)'; CheckpointError naming the
+    file, the folder it was looked for in and where to download it when it is not there."""
+    from wan_core.errors import CheckpointError
+
+    if not name or name == FROM_CHECKPOINT:
+        return None
+    folder = PART_FOLDERS[part]
+    try:
+        import folder_paths
+
+        path = folder_paths.get_full_path(folder, name) if name in folder_paths.get_filename_list(folder) else None
+        where = ", ".join(folder_paths.get_folder_paths(folder))
+    except (ImportError, KeyError):
+        path, where = None, f"models/{folder}"
+    if path is None or not os.path.isfile(path):
+        raise CheckpointError(f"{part} file {name!r} was not found in ComfyUI's {folder} folder ({where}); "
+                              f"download it from {DOWNLOADS[folder]} into that folder")
+    return os.path.abspath(path)

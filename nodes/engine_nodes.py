@@ -5,7 +5,7 @@ import math
 
 from comfy_api.latest import io
 
-from wan_core.config import AttentionBackend, OffloadMode, ParamDtype, Task
+from wan_core.config import AttentionBackend, OffloadMode, ParamDtype, Task, WeightsMode
 from wan_core.errors import Cancelled
 
 from . import checkpoints, types
@@ -22,7 +22,10 @@ MAX_GPUS = 8
 class Wan22MGModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        names = checkpoints.list_checkpoints() or [checkpoints.NONE_FOUND]
+        names = checkpoints.list_checkpoints() + [checkpoints.COMPONENTS]
+        parts = [io.Combo.Input(part, options=checkpoints.list_part_files(part), default=checkpoints.FROM_CHECKPOINT,
+                                optional=True, tooltip=tip(f"ModelFiles.{part}"))
+                 for part in ("dit_high_noise", "dit_low_noise", "dit", "text_encoder", "vae", "audio_encoder")]
         return schema(
             "Wan22MGModelLoader", "Wan2.2 Multi-GPU Model Loader",
             "Starts a persistent group of worker processes (one per GPU) that load a Wan2.2 "
@@ -48,6 +51,9 @@ class Wan22MGModelLoader(io.ComfyNode):
                                tooltip=tip("EngineSpec.attention")),
                 io.Combo.Input("device", options=["cuda", "cpu"], default="cuda", tooltip=tip("EngineSpec.device")),
                 io.String.Input("gpu_ids", default="", optional=True, tooltip=tip("ParallelConfig.gpu_ids")),
+                io.Combo.Input("weights", options=WeightsMode, default=WeightsMode.AUTO, optional=True,
+                               tooltip=tip("EngineSpec.weights")),
+                *parts,
             ],
             outputs=[Engine.Output("engine", display_name="engine", tooltip="a handle on the worker "
                                    "group; connect it to the Wan2.2 Multi-GPU Sampler")],
@@ -55,15 +61,42 @@ class Wan22MGModelLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, task=None, dit_high_noise=None, dit_low_noise=None, dit=None, text_encoder=None,
+                        vae=None, audio_encoder=None):
+        """A saved workflow naming a file that is not in its folder: the file, the folder and where to
+        download it (instead of ComfyUI's bare 'value not in list'); parts the task lacks are ignored."""
+        from wan_core.errors import WanEngineError
+
+        chosen = dict(dit_high_noise=dit_high_noise, dit_low_noise=dit_low_noise, dit=dit,
+                      text_encoder=text_encoder, vae=vae, audio_encoder=audio_encoder)
+        try:
+            used = _parts_of(task)
+            for part, name in chosen.items():
+                if part in used:
+                    checkpoints.resolve_part(part, name)
+        except WanEngineError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
     def execute(cls, task, checkpoint, gpus, ulysses_size, cfg_parallel, dit_fsdp, t5_fsdp, t5_cpu,
-                offload, dtype, attention, device, gpu_ids="") -> io.NodeOutput:
+                offload, dtype, attention, device, gpu_ids="", weights=None, dit_high_noise=None,
+                dit_low_noise=None, dit=None, text_encoder=None, vae=None, audio_encoder=None) -> io.NodeOutput:
+        from wan_core.config import ModelFiles
         from wan_core.memory_plan import check_load
         from wan_core.pipeline.engine import check_checkpoint
 
-        spec = build_spec(task, _resolve(checkpoint, task), gpus, ulysses_size, cfg_parallel,
-                          dit_fsdp, t5_fsdp, t5_cpu, offload, dtype, attention, device, gpu_ids)
+        chosen = dict(dit_high_noise=dit_high_noise, dit_low_noise=dit_low_noise, dit=dit,
+                      text_encoder=text_encoder, vae=vae, audio_encoder=audio_encoder)
+        used = _parts_of(task)   # hidden widgets (parts the task lacks) keep values that are ignored
+        files = ModelFiles(**{part: checkpoints.resolve_part(part, name) for part, name in chosen.items()
+                              if part in used})
+        ckpt_dir = "" if checkpoint in (checkpoints.COMPONENTS, checkpoints.NONE_FOUND) else _resolve(checkpoint, task)
+        spec = build_spec(task, ckpt_dir, gpus, ulysses_size, cfg_parallel, dit_fsdp, t5_fsdp, t5_cpu,
+                          offload, dtype, attention, device, gpu_ids, files=files,
+                          weights=weights or "auto")
         # Every file there, the right task, no truncated shard: said here, before any worker starts.
-        check_checkpoint(spec.ckpt_dir, spec.task)
+        check_checkpoint(spec.ckpt_dir, spec.task, spec.files)
         # The memory plan: refuses (with what would fit) before an idle group is ended or a worker
         # starts when not even the smallest video fits; otherwise shown on the node.
         plan = check_load(spec)
@@ -91,6 +124,14 @@ def _resolve(checkpoint: str, task: str) -> str:
         pack = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         raise CheckpointError(f"{exc}\nto download {task} there: cd {pack} && {sys.executable} -m wan_core "
                               f"download {task}") from None
+
+
+def _parts_of(task: str) -> set[str]:
+    """The model-file widgets that apply to `task` (the web extension shows only these)."""
+    t = Task.parse(task)
+    moe = t in (Task.T2V_A14B, Task.I2V_A14B)
+    parts = {"text_encoder", "vae"} | ({"dit_high_noise", "dit_low_noise"} if moe else {"dit"})
+    return parts | ({"audio_encoder"} if t == Task.S2V_14B else set())
 
 
 class Wan22MGRelease(io.ComfyNode):

@@ -5,8 +5,8 @@ sampling_nodes) call them, and tests/comfy/test_nodes.py checks them without a s
 """
 from __future__ import annotations
 
-from wan_core.config import (TASKS, AttentionBackend, EngineSpec, GenerateRequest, OffloadMode,
-                             ParallelConfig, ParamDtype, Solver, Task)
+from wan_core.config import (TASKS, AttentionBackend, EngineSpec, GenerateRequest, ModelFiles, OffloadMode,
+                             ParallelConfig, ParamDtype, Solver, Task, WeightsMode)
 from wan_core.errors import ConfigError, InputError
 
 from .convert import audio_to_comfy, image_to_engine
@@ -29,7 +29,7 @@ def parse_gpu_ids(text: str, count: int):
 
 def build_spec(task: str, ckpt_dir: str, gpus: int, ulysses_size: int, cfg_parallel: bool,
                dit_fsdp: bool, t5_fsdp: bool, t5_cpu: bool, offload: str, dtype: str, attention: str,
-               device: str, gpu_ids: str = "") -> EngineSpec:
+               device: str, gpu_ids: str = "", files=None, weights: str = "auto") -> EngineSpec:
     """Widget values -> a validated EngineSpec (ConfigError names the value and the fix).
 
     The layout is checked as every entry point checks it (`pipeline.parallelize.validate_spec`):
@@ -46,7 +46,8 @@ def build_spec(task: str, ckpt_dir: str, gpus: int, ulysses_size: int, cfg_paral
                               dit_fsdp=bool(dit_fsdp), t5_fsdp=bool(t5_fsdp), t5_cpu=bool(t5_cpu),
                               offload=OffloadMode(offload))
     spec = EngineSpec(task=task_, ckpt_dir=ckpt_dir, device=device, param_dtype=ParamDtype(dtype),
-                      parallel=parallel, attention=AttentionBackend(attention))
+                      parallel=parallel, attention=AttentionBackend(attention),
+                      files=files or ModelFiles(), weights=WeightsMode.parse(weights))
     try:
         validate_spec(spec)
     except ConfigError as exc:
@@ -58,7 +59,7 @@ def build_spec(task: str, ckpt_dir: str, gpus: int, ulysses_size: int, cfg_paral
         # Only this checkpoint's head count refuses the layout, and the widget's tooltip quotes the
         # official figures: say where the other one comes from.
         raise ConfigError(f"{exc} (this checkpoint's config.json has num_heads="
-                          f"{model_num_heads(task_, ckpt_dir)}; the official {task_.value} has "
+                          f"{model_num_heads(task_, ckpt_dir, spec.files)}; the official {task_.value} has "
                           f"{official.num_heads})") from None
     return spec
 

@@ -35,6 +35,19 @@ FIELDS: dict[str, FieldDoc] = {
     "EngineSpec.task": FieldDoc("which Wan2.2 model the checkpoint holds"),
     "EngineSpec.param_dtype": FieldDoc("dtype of the weights on the GPUs", _default(EngineSpec, "param_dtype")),
     "EngineSpec.attention": FieldDoc("attention kernel; auto tries FlashAttention 3, 4, 2, then PyTorch SDPA"),
+    "EngineSpec.weights": FieldDoc(
+        "auto: keep what the files hold (fp8 files stay fp8); bf16/fp16/fp32: cast at load; fp8: the big "
+        "linears in fp8 with per-tensor scales (half the memory of bf16); fp8_fast: also fp8 matmuls on "
+        "GPUs of compute capability 8.9+ (falls back to fp8 elsewhere)"),
+    # ModelFiles (single files in ComfyUI's folders; each replaces that part of the checkpoint)
+    "ModelFiles.dit_high_noise": FieldDoc("A14B high-noise expert from models/diffusion_models (or unet)"),
+    "ModelFiles.dit_low_noise": FieldDoc("A14B low-noise expert from models/diffusion_models (or unet)"),
+    "ModelFiles.dit": FieldDoc("TI2V-5B / S2V-14B model from models/diffusion_models (or unet)"),
+    "ModelFiles.text_encoder": FieldDoc("umT5-XXL from models/text_encoders (or clip), e.g. "
+                                        "umt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+    "ModelFiles.vae": FieldDoc("Wan VAE from models/vae: wan_2.1_vae (A14B, S2V) or wan2.2_vae (TI2V-5B)"),
+    "ModelFiles.audio_encoder": FieldDoc("S2V wav2vec2 from models/audio_encoders "
+                                         "(wav2vec2_large_english_fp16.safetensors)"),
     "EngineSpec.device": FieldDoc("cuda: GPUs; cpu: CPU ranks joined by gloo (tests and tiny models)"),
     # ParallelConfig
     "ParallelConfig.num_gpus": FieldDoc("worker processes, one per GPU (gloo ranks when device is cpu)"),

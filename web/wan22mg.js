@@ -65,6 +65,13 @@ function applyVisibility(node) {
   for (const name of MULTI_GPU_ONLY) changed = setHidden(node, name, single) || changed;
   changed = setHidden(node, "t5_fsdp", single || !!v("t5_cpu")) || changed;
   changed = setHidden(node, "offload", !single && !!v("dit_fsdp")) || changed;
+  // Model file widgets (issue 12): only the parts the task has.
+  const task = v("task");
+  const moe = task === "t2v-A14B" || task === "i2v-A14B";
+  changed = setHidden(node, "dit_high_noise", !moe) || changed;
+  changed = setHidden(node, "dit_low_noise", !moe) || changed;
+  changed = setHidden(node, "dit", moe) || changed;
+  changed = setHidden(node, "audio_encoder", task !== "s2v-14B") || changed;
   if (changed) {
     node.setSize([node.size[0], node.computeSize()[1]]);
     node.setDirtyCanvas?.(true, true);

@@ -152,7 +152,8 @@ def test_pack_imports_and_registers_every_node(comfy):
     assert info["WanImageToVideo"]["category"].startswith("model/conditioning/wan")
     loader = info["Wan22MGModelLoader"]["input"]["required"]
     assert loader["checkpoint"][0] == "COMBO"            # V3 combos list their options in the dict
-    assert set(loader["checkpoint"][1]["options"]) == {"t2v-A14B", "i2v-A14B", "ti2v-5B", "s2v-14B", comfy.broken}
+    assert set(loader["checkpoint"][1]["options"]) == {"t2v-A14B", "i2v-A14B", "ti2v-5B", "s2v-14B", comfy.broken,
+                                                       "(component files only)"}
 
 
 def test_template_browser_lists_the_workflows(comfy):
