@@ -91,7 +91,7 @@ class Wan22MGModelLoader(io.ComfyNode):
         used = _parts_of(task)   # hidden widgets (parts the task lacks) keep values that are ignored
         files = ModelFiles(**{part: checkpoints.resolve_part(part, name) for part, name in chosen.items()
                               if part in used})
-        ckpt_dir = "" if checkpoint in (checkpoints.COMPONENTS, checkpoints.NONE_FOUND) else _resolve(checkpoint, task)
+        ckpt_dir = "" if checkpoint == checkpoints.COMPONENTS else _resolve(checkpoint, task)
         spec = build_spec(task, ckpt_dir, gpus, ulysses_size, cfg_parallel, dit_fsdp, t5_fsdp, t5_cpu,
                           offload, dtype, attention, device, gpu_ids, files=files,
                           weights=weights or "auto")

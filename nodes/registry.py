@@ -23,7 +23,7 @@ from typing import Callable, Optional
 from wan_core.config import EngineSpec, GenerateRequest, GenerateResult
 from wan_core.errors import WorkerFailure
 
-from .checkpoints import shown_name
+from .checkpoints import hide_paths, shown_name
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,8 @@ class EngineRegistry:
                 "layout": _describe(g.spec),
                 "device": g.spec.device, "phase": g.phase, "requests": g.requests,
                 "load_s": round(g.load_s, 2), "started": g.started, "ranks": ranks,
-                "plan": _plan_line(g.spec)})
+                "plan": _plan_line(g.spec),
+                "weights": hide_paths(_weights_line(g.client))})
         return out
 
 
@@ -224,3 +225,12 @@ def _describe(spec: EngineSpec) -> str:
 
 
 REGISTRY = EngineRegistry()
+
+
+def _weights_line(client) -> str:
+    """How rank 0 read and holds each part, and its weight memory (WanEngine.weights_summary)."""
+    try:
+        ready = client.workers
+    except Exception:  # noqa: BLE001 - a status page must answer
+        return ""
+    return next((r.weights for r in ready if getattr(r, "rank", None) == 0 and getattr(r, "weights", "")), "")

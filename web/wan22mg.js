@@ -127,7 +127,7 @@ export function statusText(status, task, checkpoint) {
         const mem = formatBytes(m.allocated_bytes ?? m.rss_bytes);
         return `r${r.rank} ${r.phase ?? "?"} ${mem}`;
       });
-      return [g.phase, ...per, g.plan].filter(Boolean).join(" · ");
+      return [g.phase, ...per, g.plan, g.weights].filter(Boolean).join(" · ");
     })
     .join(" ‖ ");
 }

@@ -76,6 +76,9 @@ def test_one_rank_same_latent_and_video(t2v_files, official_latent):
     assert dit.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn    # weights=auto keeps fp8
     assert dit.blocks[0].norm3.weight.dtype == torch.float32                # high precision stays
     assert eng.text_encoder.model.blocks[0].attn.q.weight.dtype == torch.float8_e4m3fn
+    # the loader's status line: how each part was read and is held
+    assert "high_noise_model fp8_scaled file -> fp8+fp32" in eng.weights_summary, eng.weights_summary
+    assert "vae fp32 file -> fp32" in eng.weights_summary or "vae fp16 file -> fp32" in eng.weights_summary
     out = eng.generate(GenerateRequest(**REQ))
     assert rel_err(out.latent, official_latent.latent) < 1e-5
     assert (out.video.int() - official_latent.video.int()).abs().max() <= 1   # uint8 rounding

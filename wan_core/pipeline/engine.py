@@ -192,6 +192,9 @@ class WanEngine:
             self.audio_encoder = self._load_audio_encoder()
             self.load_timings["audio_encoder"] = time.perf_counter() - t0
         self.load_timings["total"] = time.perf_counter() - start
+        self.weights_summary = self._describe_weights(dits)
+        if self.dist.rank == 0:
+            log.info("%s", self.weights_summary)
         hooks.report(Phase.LOAD, 3, 3, start, "models loaded")
 
     # -- loading helpers ----------------------------------------------------------------------
@@ -279,6 +282,38 @@ class WanEngine:
                                     else []) if masters else None,
                            before_change=fsdp_.release,
                            on_warning=(lambda text: None) if quiet else log.warning)
+
+    def _describe_weights(self, dits) -> str:
+        """One line: how each part was read (file format) and is held (dtype), and the bytes of
+        weights on this rank's device (FSDP: this rank's shards)."""
+        from ..loading.fp8 import FP8
+
+        def held(module) -> str:
+            dtypes = {(t.to_local() if hasattr(t, "to_local") else t).dtype
+                      for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()}
+            names = sorted({str(d).replace("torch.", "").replace("float8_e4m3fn", "fp8")
+                            .replace("bfloat16", "bf16").replace("float16", "fp16").replace("float32", "fp32")
+                            for d in dtypes}, key=lambda n: n != "fp8")
+            return "+".join(names)
+
+        def read_as(part: str) -> str:
+            info = self.parts_info.get(part)
+            return f"{info.encoding} file" if info is not None else "official"
+
+        items = [f"{str(getattr(name, 'value', name))} {read_as(str(getattr(name, 'value', name)))} -> {held(m)}"
+                 for name, m in dits.items()]
+        t5 = getattr(self.text_encoder, "model", None)
+        if t5 is not None:
+            items.append(f"text_encoder {read_as('text_encoder')} -> {held(t5)}")
+        items.append(f"vae {read_as('vae')} -> {held(self.vae)}")
+        modules = list(dits.values()) + [m for m in (t5, self.vae, getattr(self, "audio_encoder", None)) if m is not None]
+        on_device = 0
+        for m in modules:
+            for t in list(m.parameters()) + list(m.buffers()):
+                local = t.to_local() if hasattr(t, "to_local") else t
+                if local.device == self.device or (local.device.type == self.device.type == "cuda"):
+                    on_device += local.numel() * local.element_size()
+        return f"weights: {', '.join(items)}; {on_device / 2**30:.2f} GiB on {self.device} (rank {self.dist.rank})"
 
     def _fp8_mode(self) -> tuple[str, bool]:
         """(weights mode, fp8_fast usable here); fp8_fast on a GPU without fp8 matmuls says so and

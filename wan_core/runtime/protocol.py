@@ -60,6 +60,7 @@ class Ready:
     versions: dict           # python, torch, cuda, nccl
     memory: dict             # see RankStatus.memory
     load_s: float
+    weights: str = ""        # WanEngine.weights_summary: format/dtype per part, weight bytes on the device
 
 
 @dataclass(frozen=True)

@@ -289,7 +289,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     worker.phase = "idle"
     worker._send(P.Ready(rank=args.rank, pid=os.getpid(), device=_describe_device(worker.device),
                          versions=_versions(), memory=worker._memory(),
-                         load_s=time.perf_counter() - t0))
+                         load_s=time.perf_counter() - t0,
+                         weights=getattr(worker.engine, "weights_summary", "")))
     worker.serve()
     _shutdown_process_group()
     worker._exit(0)
