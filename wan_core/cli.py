@@ -119,8 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--base_seed", type=int, default=-1, help="seed; -1 picks a random one (default)")
     g.add_argument("--image", default=None, help="input image (i2v-A14B: required; ti2v-5B: optional)")
     g.add_argument("--sample_solver", default=Solver.UNIPC.value, choices=[s.value for s in Solver],
-                   help="unipc (official default), dpm++, or euler (ComfyUI's euler on its 'simple' "
-                        "schedule: the 4-step LoRA templates use euler, 4 steps, shift 5, guidance 1)")
+                   help="unipc (official default), dpm++, or ComfyUI's samplers on its 'simple' "
+                        "schedule: euler (the 4-step LoRA templates: 4 steps, shift 5, guidance 1), "
+                        "uni_pc / uni_pc_bh2 (the TI2V-5B template: 20 steps, shift 8, guidance 5); "
+                        "docs/samplers.md")
     g.add_argument("--sample_steps", type=int, default=None, help="denoising steps (default 40; ti2v-5B 50)")
     g.add_argument("--sample_shift", type=float, default=None, help="noise schedule shift (task default)")
     g.add_argument("--sample_guide_scale", default=None,

@@ -33,11 +33,14 @@ class Task(str, enum.Enum):
 class Solver(str, enum.Enum):
     """`unipc` / `dpm++`: the official flow solvers (official sigmas, int64 timesteps).
     `euler`: ComfyUI's `euler` sampler on its `simple` schedule of `ModelSamplingSD3(shift)`
-    (float timesteps sigma * 1000), as the 4-step LoRA templates run it."""
+    (float timesteps sigma * 1000), as the 4-step LoRA templates run it. `uni_pc` / `uni_pc_bh2`:
+    ComfyUI's samplers of those names on `simple` (the TI2V-5B template), docs/samplers.md."""
 
     UNIPC = "unipc"
     DPMPP = "dpm++"
     EULER = "euler"
+    COMFY_UNI_PC = "uni_pc"          # ComfyUI's uni_pc (bh1) on `simple`: not the official UniPC
+    COMFY_UNI_PC_BH2 = "uni_pc_bh2"  # ComfyUI's uni_pc_bh2 on `simple`
 
     @classmethod
     def parse(cls, value: "str | Solver") -> "Solver":

@@ -63,6 +63,8 @@ def main():
         else:
             fn = uni_pc.sample_unipc if name == "uni_pc" else uni_pc.sample_unipc_bh2
             x = fn(denoiser, x, sig, extra_args={}, disable=True)
+        # KSAMPLER.sample's last line (uni_pc has set sig[-1] to 0.001 in place by now)
+        x = model_sampling(shift).inverse_noise_scaling(sig[-1], x)
         out["runs"][f"{name}/{shift}/{steps}"] = {"sigmas": sig.tolist(), "x": x.flatten().tolist()}
     out["noise"] = noise.flatten().tolist()
     print("ORACLE" + json.dumps(out))

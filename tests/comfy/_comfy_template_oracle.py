@@ -56,17 +56,22 @@ def main() -> None:
     negative = encode.encode(clip, job["negative"])[0]
 
     f = (job["frames"] - 1) // 4 + 1
-    latent = {"samples": torch.zeros([1, 16, f, job["height"] // 8, job["width"] // 8])}
-    ks = comfy_nodes.KSamplerAdvanced()
+    channels, stride = job.get("latent", [16, 8])     # 5B: [48, 16] (Wan22ImageToVideoLatent's)
+    latent = {"samples": torch.zeros([1, channels, f, job["height"] // stride, job["width"] // stride])}
     common = dict(steps=job["steps"], cfg=job["cfg"], sampler_name=job["sampler"], scheduler=job["scheduler"],
                   positive=positive, negative=negative)
-    split = job["split"]
-    latent = ks.sample(models["high"], "enable", job["seed"], latent_image=latent, start_at_step=0,
-                       end_at_step=split, return_with_leftover_noise="enable", **common)[0]
-    latent = ks.sample(models["low"], "disable", job["seed"], latent_image=latent, start_at_step=split,
-                       end_at_step=10000, return_with_leftover_noise="disable", **common)[0]
+    split = job.get("split")
+    if split is None:           # one model, one KSampler (the TI2V-5B template)
+        latent = comfy_nodes.KSampler().sample(models["model"], job["seed"], latent_image=latent, **common)[0]
+    else:                       # two experts, two KSamplerAdvanced (the A14B templates)
+        ks = comfy_nodes.KSamplerAdvanced()
+        latent = ks.sample(models["high"], "enable", job["seed"], latent_image=latent, start_at_step=0,
+                           end_at_step=split, return_with_leftover_noise="enable", **common)[0]
+        latent = ks.sample(models["low"], "disable", job["seed"], latent_image=latent, start_at_step=split,
+                           end_at_step=10000, return_with_leftover_noise="disable", **common)[0]
     samples = latent["samples"]
-    normalised = comfy.latent_formats.Wan21().process_in(samples)
+    fmt = comfy.latent_formats.Wan22() if channels == 48 else comfy.latent_formats.Wan21()
+    normalised = fmt.process_in(samples)
     save_file({"latent": normalised[0].float().contiguous(), "comfy_latent": samples[0].float().contiguous()},
               out_file)
     print("oracle latent", tuple(normalised.shape), flush=True)

@@ -7,7 +7,8 @@ low noise: kohya `lora_unet_`). ComfyUI side: `_comfy_template_oracle.py` runs U
 LoraLoaderModelOnly, CLIPTextEncode, ModelSamplingSD3(5), KSamplerAdvanced euler / simple / cfg 1 /
 4 steps split 2 + 2, in ComfyUI's Python with its fp32 flags. Our side: the engine that the nodes
 drive, on the same single files with the same LoRAs, seed and settings (euler, shift 5, guidance 1,
-switch_step 2), in one process and on 2 gloo ranks (FSDP + Ulysses).
+switch_step 2), in one process and on 2 gloo ranks (FSDP + Ulysses). Then the TI2V-5B template's
+KSampler (uni_pc / simple / cfg 5 / shift 8 / 20 steps, negative prompt) against our `uni_pc`.
 
 Tolerance 1e-4 relative on the final latent (the issue's bound): the two DiT / umT5
 implementations differ in float32 operation order (RoPE tables, attention kernels, norms);
@@ -134,3 +135,67 @@ def test_two_ranks_fsdp_ulysses_match_comfyui_template(files, comfy_latent):
     with EngineClient(_spec(files, num_gpus=2, ulysses_size=2, dit_fsdp=True), start_timeout_s=180) as c:
         ours = c.generate(_request(files)).latent
     assert rel_err(ours, comfy_latent) <= TOL
+
+
+# ------------------------------------------------------------- TI2V-5B template: uni_pc / simple
+FIVE_B = dict(prompt="a red fox running through snow", negative="blurry, static", frames=5, height=64,
+              width=64, steps=20, cfg=5.0, sampler="uni_pc", scheduler="simple", seed=11, shift=8.0,
+              latent=[48, 16])
+
+
+@pytest.fixture(scope="module")
+def files_5b(files, tiny_dir) -> dict:
+    import _comfy_files as cf
+
+    ckpt = tiny_dir / "ckpt"
+    dit = files["root"] / "diffusion_models" / "wan2.2_ti2v_5B_tiny_fp32.safetensors"
+    cf.write_dit(ckpt / "ti2v-5B", dit, "fp32", prefix=True)
+    vae = files["root"] / "vae" / "wan2.2_vae.safetensors"
+    cf.write_vae(ckpt / "shared" / "Wan2.2_VAE.pth", vae)
+    return {"dit": dit, "vae": vae, "text_encoder": files["text_encoder"], "root": files["root"]}
+
+
+def test_ti2v_5b_uni_pc_matches_comfyui_template(files_5b, tmp_path):
+    """The 5B template's KSampler (uni_pc, simple, cfg 5, shift 8, 20 steps) against our `uni_pc`
+    solver (pipeline/comfy_unipc.py) on the same files, with the negative prompt (cfg 5)."""
+    from wan_core.config import EngineSpec, GenerateRequest, ModelFiles, ParamDtype, Task
+    from wan_core.pipeline.engine import WanEngine
+
+    comfy_dir, python, why = harness.locate()
+    if comfy_dir is None:
+        _missing(why)
+    job = dict(FIVE_B, folders={"diffusion_models": str(files_5b["root"] / "diffusion_models")},
+               models={"model": files_5b["dit"].name}, loras=[], text_encoder=str(files_5b["text_encoder"]))
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    proc = subprocess.run([str(python), str(ORACLE), str(comfy_dir), str(tmp_path / "job.json"),
+                           str(tmp_path / "out.safetensors")], cwd=comfy_dir, capture_output=True, text=True,
+                          timeout=800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    theirs = load_file(str(tmp_path / "out.safetensors"))["latent"]
+
+    spec = EngineSpec(task=Task.TI2V_5B, ckpt_dir="", device="cpu", param_dtype=ParamDtype.FP32,
+                      files=ModelFiles(dit=str(files_5b["dit"]), text_encoder=str(files_5b["text_encoder"]),
+                                       vae=str(files_5b["vae"])))
+    engine = WanEngine(spec)
+    try:
+        s = FIVE_B
+        base = dict(prompt=s["prompt"], neg_prompt=s["negative"], size=(s["width"], s["height"]),
+                    frame_num=s["frames"], steps=s["steps"], shift=s["shift"], guide_scale=s["cfg"],
+                    seed=s["seed"], decode=False)
+        ours = engine.generate(GenerateRequest(**base, solver="uni_pc")).latent
+        official = engine.generate(GenerateRequest(**base, solver="unipc")).latent
+    finally:
+        engine.close()
+    assert ours.shape == theirs.shape == (48, 2, 4, 4)
+    assert rel_err(ours, theirs) <= TOL, rel_err(ours, theirs)
+    assert rel_err(official, theirs) > 10 * TOL      # the official UniPC is another method
+
+    from dataclasses import replace
+
+    from wan_core.client import EngineClient
+    from wan_core.config import ParallelConfig
+
+    two = replace(spec, parallel=ParallelConfig(num_gpus=2, ulysses_size=2, dit_fsdp=True))
+    with EngineClient(two, start_timeout_s=180) as c:
+        ours2 = c.generate(GenerateRequest(**base, solver="uni_pc")).latent
+    assert rel_err(ours2, theirs) <= TOL, rel_err(ours2, theirs)

@@ -125,10 +125,12 @@ def test_pipeline_golden_timesteps(golden, name, prefix, solver, steps, shift):
 # ---- no golden needed ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver", list(Solver))
+@pytest.mark.parametrize("solver", [s for s in Solver if not s.value.startswith("uni_pc")])
 def test_straight_path_is_exact(solver):
-    """For a constant velocity eps - x0 the flow is a straight line; both solvers are exponential
-    integrators in x0 form, so every step lands on it and the last step returns x0 (sigma = 0)."""
+    """For a constant velocity eps - x0 the flow is a straight line; the flow solvers (and Euler) are
+    exact on it, so every step lands on it and the last step returns x0 (sigma = 0). ComfyUI's
+    uni_pc works in a VE parametrisation and is not (tests/comfy/test_comfy_sampling.py checks it
+    against ComfyUI itself)."""
     gen = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(2, 3, 4, generator=gen), torch.randn(2, 3, 4, generator=gen)
     s = make_scheduler(solver, 7, 5.0)

@@ -14,7 +14,7 @@ DERIVED = {"GenerateRequest.width", "GenerateRequest.height", "GenerateRequest.f
 def test_every_key_names_a_real_field():
     classes = {"EngineSpec": config.EngineSpec, "ParallelConfig": config.ParallelConfig,
                "GenerateRequest": config.GenerateRequest, "GuideScale": config.GuideScale,
-               "S2VOptions": S2VOptions}
+               "S2VOptions": S2VOptions, "LoraSpec": config.LoraSpec}
     for key in set(FIELDS) - DERIVED:
         owner, name = key.split(".")
         assert name in {f.name for f in dataclasses.fields(classes[owner])}, key

@@ -273,4 +273,8 @@ def make_scheduler(solver: Union[Solver, str], steps: int, shift: float) -> Flow
         return FlowUniPCScheduler(steps, float(shift))
     if solver is Solver.EULER:
         return FlowEulerScheduler(steps, float(shift))
+    if solver in (Solver.COMFY_UNI_PC, Solver.COMFY_UNI_PC_BH2):
+        from .comfy_unipc import ComfyUniPCScheduler
+
+        return ComfyUniPCScheduler(steps, float(shift), "bh1" if solver is Solver.COMFY_UNI_PC else "bh2")
     return FlowDPMppScheduler(steps, float(shift))
