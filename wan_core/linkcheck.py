@@ -112,12 +112,17 @@ def selftest(world: int, backend: str = "nccl", timeout_s: float = 60.0, mbytes:
     """Run the collectives on `world` fresh processes; never raises for a failure, reports it."""
     if world < 2:
         return SelfTest(True, backend, world, "skipped: one rank has nobody to talk to")
+    # Here, not at the top: the rank processes run this module and must not import torch before
+    # they write their first phase (runtime.processes pulls it in through the transport).
+    from .runtime.processes import LOOPBACK_ENV
+
     folder = Path(tempfile.mkdtemp(prefix="wan_core-linkcheck-"))
     os.chmod(folder, 0o700)
     procs = []
     try:
         for rank in range(world):
             env = dict(os.environ)
+            env.update(LOOPBACK_ENV)     # the transports the worker group uses (no socket beyond loopback)
             pack = str(Path(__file__).resolve().parents[1])
             env["PYTHONPATH"] = pack + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
             if backend == "nccl":
