@@ -407,3 +407,15 @@ def test_gated_repository_and_hf_token(hub, tmp_path):
         assert hub.auth[mark:] and set(hub.auth[mark:]) == {"Bearer hf_test_token"}
     finally:
         hub.gated.pop(T2V, None)
+
+
+def test_a_missing_comfy_file_names_the_download_command(hub, tmp_path):
+    models = tmp_path / "models"
+    dit = models / "diffusion_models" / "wan2.2_ti2v_5B_fp16.safetensors"
+    line = one_error(cli(hub, tmp_path, "generate", "--task", "ti2v-5B", "--dit", str(dit), "--text_encoder",
+                         str(models / "text_encoders" / "umt5_xxl_fp8_e4m3fn_scaled.safetensors"), "--vae",
+                         str(models / "vae" / "wan2.2_vae.safetensors"), "--device", "cpu"))
+    assert f"python -m wan_core download ti2v-5B --set comfy --dir {models}" in line, line
+    # ...which fetches exactly those files, after which generate finds them.
+    assert cli(hub, tmp_path, "download", "ti2v-5B", "--set", "comfy", "--dir", str(models)).returncode == 0
+    assert dit.is_file()

@@ -148,3 +148,18 @@ def download_command(task: "Task | str", file_set: str, dir_: Optional[Path] = N
     if dir_ is not None:
         cmd += f" --dir {dir_}"
     return cmd
+
+
+def comfy_download_hint(task: "Task | str", files) -> Optional[str]:
+    """For ComfyUI single files (`config.ModelFiles`) of which one named like a template file is
+    missing: the command that fetches the task's template files into that models folder."""
+    task = Task.parse(task)
+    names = {f.name: f for f in COMFY_FILES[task]}
+    for value in vars(files).values():
+        if not value:
+            continue
+        path = Path(value).expanduser()
+        if not path.is_file() and path.name in names and path.parent.name == names[path.name].folder:
+            models = path.parent.parent.absolute()
+            return f"to fetch ComfyUI's {task.value} files: {download_command(task, 'comfy', models)}"
+    return None

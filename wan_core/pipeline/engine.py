@@ -48,7 +48,13 @@ def check_checkpoint(ckpt_dir, task: Task, files=None) -> None:
 
     task = Task.parse(task)
     if files is not None and files.any():
-        _check_parts(ckpt_dir, task, files)
+        try:
+            _check_parts(ckpt_dir, task, files)
+        except CheckpointError as exc:   # a missing template file: the command that fetches it
+            from ..manage.sets import comfy_download_hint
+
+            hint = comfy_download_hint(task, files)
+            raise CheckpointError(f"{exc}; {hint}" if hint else str(exc)) from None
         return
     ckpt = Path(ckpt_dir)
     fetch = f"python -m wan_core download {task.value} --dir {ckpt.absolute()}"
