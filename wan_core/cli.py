@@ -81,6 +81,22 @@ def _gpus(v: str) -> tuple[int, Optional[tuple[int, ...]]]:
         raise argparse.ArgumentTypeError(f"--num_gpus {v!r}: give a count (4) or a list of GPU ids (0,2,3)") from None
 
 
+def _add_file_flags(parser) -> None:
+    """--dit ... --audio_encoder and --weights (generate and doctor)."""
+    f = parser.add_argument_group("single model files (ComfyUI's; each replaces that part of --ckpt_dir)")
+    f.add_argument("--dit", default=None, metavar="FILE", help="ti2v-5B / s2v-14B diffusion model file")
+    f.add_argument("--dit_high_noise", default=None, metavar="FILE", help="A14B high-noise expert file")
+    f.add_argument("--dit_low_noise", default=None, metavar="FILE", help="A14B low-noise expert file")
+    f.add_argument("--text_encoder", default=None, metavar="FILE", help="umT5 file (umt5_xxl_*.safetensors)")
+    f.add_argument("--vae", default=None, metavar="FILE", help="VAE file (wan_2.1_vae / wan2.2_vae .safetensors)")
+    f.add_argument("--audio_encoder", default=None, metavar="FILE",
+                   help="s2v-14B: wav2vec2 file (wav2vec2_large_english_fp16.safetensors)")
+    f.add_argument("--weights", default=WeightsMode.AUTO.value, choices=[w.value for w in WeightsMode],
+                   help="auto: keep what the files hold (fp8 stays fp8); bf16/fp16/fp32: cast at load; fp8: "
+                        "big linears in fp8 with per-tensor scales; fp8_fast: also fp8 matmuls on compute "
+                        "capability 8.9+ (default auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=program_name(), description="Wan2.2 video generation on one or many GPUs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -95,16 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--frame_num", type=int, default=None, help="frames, 4n+1 (default 81; ti2v-5B 121)")
     g.add_argument("--ckpt_dir", default=None,
                    help="the official checkpoint folder of the task (not needed when a file is given for every part)")
-    f = g.add_argument_group("single model files (ComfyUI's; each replaces that part of --ckpt_dir)")
-    f.add_argument("--dit", default=None, metavar="FILE", help="ti2v-5B / s2v-14B diffusion model file")
-    f.add_argument("--dit_high_noise", default=None, metavar="FILE", help="A14B high-noise expert file")
-    f.add_argument("--dit_low_noise", default=None, metavar="FILE", help="A14B low-noise expert file")
-    f.add_argument("--text_encoder", default=None, metavar="FILE", help="umT5 file (umt5_xxl_*.safetensors)")
-    f.add_argument("--vae", default=None, metavar="FILE", help="VAE file (wan_2.1_vae / wan2.2_vae .safetensors)")
-    f.add_argument("--audio_encoder", default=None, metavar="FILE",
-                   help="s2v-14B: wav2vec2 file (wav2vec2_large_english_fp16.safetensors)")
-    f.add_argument("--weights", default=WeightsMode.AUTO.value, choices=[w.value for w in WeightsMode],
-                   help="auto: keep what the files hold; bf16/fp16/fp32: cast at load (default auto)")
+    _add_file_flags(g)
     g.add_argument("--offload_model", type=_str2bool, default=None,
                    help="keep only the running model on the GPU (default: True on one GPU, like the "
                         "official script; implies --offload experts for the A14B tasks)")
@@ -219,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="weight dtype (fp8: ComfyUI's fp8_scaled files)")
     dr.add_argument("--sample_guide_scale", default=None, help="1 = no CFG (one forward per step)")
     dr.add_argument("--ckpt_dir", default=None, help="read the model's sizes from this checkpoint")
+    _add_file_flags(dr)
     dr.add_argument("--json", action="store_true", help="print one JSON object (plan, links, self-test)")
     dr.add_argument("--no_selftest", action="store_true", help="skip the NCCL self-test")
     dr.add_argument("--selftest_timeout", type=float, default=60.0, metavar="S",
@@ -235,7 +243,8 @@ def _doctor(args) -> int:
     opts = PlanOptions(task=args.task, size=args.size, frame_num=args.frame_num, gpus=n, gpu_ids=ids,
                        ulysses_size=args.ulysses_size, cfg_parallel=args.cfg_parallel, dit_fsdp=args.dit_fsdp,
                        t5_fsdp=args.t5_fsdp, t5_cpu=args.t5_cpu, offload=args.offload, dtype=args.dtype,
-                       ckpt_dir=args.ckpt_dir, sample_guide_scale=args.sample_guide_scale,
+                       ckpt_dir=args.ckpt_dir, files=_files(args), weights=args.weights,
+                       sample_guide_scale=args.sample_guide_scale,
                        selftest=not args.no_selftest, selftest_timeout_s=args.selftest_timeout)
     return run_doctor(plan=opts, as_json=args.json, strict=args.strict)
 
@@ -328,6 +337,11 @@ def build_parallel(args, task: Task) -> ParallelConfig:
                           t5_cpu=args.t5_cpu, offload=offload)
 
 
+def _files(args) -> ModelFiles:
+    return ModelFiles(dit=args.dit, dit_high_noise=args.dit_high_noise, dit_low_noise=args.dit_low_noise,
+                      text_encoder=args.text_encoder, vae=args.vae, audio_encoder=args.audio_encoder)
+
+
 def build_spec(args, task: Task) -> EngineSpec:
     device = args.device or _default_device()
     if device not in ("cuda", "cpu") and not device.startswith("cuda:"):
@@ -349,8 +363,7 @@ def build_spec(args, task: Task) -> EngineSpec:
         dtype = ParamDtype.BF16
     else:
         dtype = ParamDtype.FP32
-    files = ModelFiles(dit=args.dit, dit_high_noise=args.dit_high_noise, dit_low_noise=args.dit_low_noise,
-                       text_encoder=args.text_encoder, vae=args.vae, audio_encoder=args.audio_encoder)
+    files = _files(args)
     if args.ckpt_dir is None and not files.any():
         raise ConfigError("--ckpt_dir is required (or a file for every part: --dit or --dit_high_noise/"
                           "--dit_low_noise, --text_encoder, --vae, and --audio_encoder for s2v-14B)")

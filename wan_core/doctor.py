@@ -197,6 +197,8 @@ class PlanOptions:
     offload: Optional[str] = None       # None: the generate default (experts on one GPU for A14B)
     dtype: str = "bf16"                 # bf16 / fp16 / fp32 / fp8
     ckpt_dir: Optional[str] = None
+    files: Optional[object] = None      # config.ModelFiles: ComfyUI single files replacing parts
+    weights: str = "auto"               # config.WeightsMode value
     sample_guide_scale: Optional[str] = None
     selftest: bool = True
     selftest_timeout_s: float = 60.0
@@ -221,7 +223,10 @@ def _spec_and_request(opts: PlanOptions, cuda: bool, visible: int):
     dtype = ParamDtype.BF16 if opts.dtype == "fp8" else ParamDtype(opts.dtype)
     # Planned for CUDA GPUs even where there is none (a user sizing a machine): only the check
     # against real GPU memory needs one.
-    spec = EngineSpec(task=task, ckpt_dir=opts.ckpt_dir or "", device="cuda", param_dtype=dtype, parallel=par)
+    from .config import ModelFiles
+
+    spec = EngineSpec(task=task, ckpt_dir=opts.ckpt_dir or "", device="cuda", param_dtype=dtype, parallel=par,
+                      files=opts.files or ModelFiles(), weights=opts.weights)
     req = GenerateRequest(prompt="", size=parse_size(opts.size) if opts.size else None,
                           frame_num=opts.frame_num,
                           guide_scale=GuideScale.parse(opts.sample_guide_scale) if opts.sample_guide_scale else None)
@@ -255,7 +260,15 @@ def collect_plan(opts: PlanOptions) -> dict:
         out["shm_free_gib"] = round(shm.free / mp.GiB, 2)
     except OSError:
         out["shm_free_gib"] = None
-    sizes = mp.facts_for(spec.task, opts.ckpt_dir)
+    sizes = mp.facts_for(spec.task, opts.ckpt_dir, spec.files)
+    if opts.ckpt_dir or spec.files.any():   # how each part would be read and held (headers only)
+        from .loading.parts import describe_parts, resolve_parts
+
+        try:
+            out["model_files"] = dict(describe_parts(resolve_parts(spec.task, opts.ckpt_dir or None, spec.files),
+                                                     opts.weights, spec.param_dtype.value))
+        except Exception as exc:  # noqa: BLE001 - a report: the bad file is the finding
+            out["model_files"] = {"error": f"{type(exc).__name__}: {exc}"}
     if cuda:
         cap = mp.capacity_for("cuda", n, spec.parallel.gpu_ids)
         if cap is not None and links is not None:
@@ -276,6 +289,9 @@ def _plan_lines(info: dict) -> list[tuple[str, list[Line]]]:
     from . import memory_plan as mp
 
     sections = []
+    if info.get("model_files"):
+        sections.append(("Model files", [Line(k, v, "fix this file before running" if k == "error" else None)
+                                         for k, v in info["model_files"].items()]))
     links = info.get("links")
     if not info["cuda"]:
         sections.append(("GPU links", [Line("GPUs", "none visible: no GPU links, no NCCL self-test")]))

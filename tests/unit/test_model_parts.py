@@ -90,3 +90,19 @@ def test_cli_flags(made):
     bare = build_parser().parse_args(["generate", "--task", "t2v-A14B", "--device", "cpu"])
     with pytest.raises(ConfigError, match="--ckpt_dir is required"):
         build_spec(bare, Task.T2V_A14B)
+
+
+def test_doctor_says_how_each_part_is_read_and_held(made, capsys):
+    from wan_core.cli import main
+
+    code = main(["doctor", "--task", "t2v-A14B", "--dit_high_noise", made["t2v_high"], "--dit_low_noise",
+                 made["t2v_low"], "--text_encoder", made["te"], "--vae", made["vae2.1"], "--no_selftest"])
+    out = capsys.readouterr().out
+    assert code == 0 and "Model files:" in out, out
+    assert "high_noise_model: t2v_high.safetensors: fp8_scaled (scale_weight) single file -> fp8 linears + bf16" in out
+    assert "text_encoder: umt5.safetensors: fp16 single file -> bf16" in out
+    assert "vae: vae2.1.safetensors: fp32 single file -> fp32" in out
+    main(["doctor", "--task", "i2v-A14B", "--dit_high_noise", made["i2v_high"], "--dit_low_noise", made["t2v_low"],
+          "--text_encoder", made["te"], "--vae", made["vae2.1"], "--no_selftest", "--weights", "fp16"])
+    out = capsys.readouterr().out
+    assert "is a T2V expert (in_dim 16); i2v-A14B needs i2v weights" in out, out

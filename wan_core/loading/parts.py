@@ -164,4 +164,26 @@ def dit_config(path: PathLike) -> dict:
     return read_config(path)
 
 
-__all__ = ["Parts", "resolve_parts", "check_parts", "dit_config", "part_params", "COMFY_FILE_NAMES"]
+def describe_parts(parts: Parts, weights: str = "auto", dtype: str = "bf16") -> list[tuple[str, str]]:
+    """(part, 'where: format -> held as') for every part of `parts`, from headers only (doctor)."""
+    infos = check_parts(parts)
+    keep_fp8 = weights in ("auto", "fp8", "fp8_fast")
+    high = weights if weights in ("bf16", "fp16", "fp32") else dtype
+    rows = []
+    named = [(str(k), v) for k, v in parts.dits.items()] + [("text_encoder", parts.text_encoder), ("vae", parts.vae)]
+    if parts.audio_encoder is not None:
+        named.append(("audio_encoder", parts.audio_encoder))
+    for part, path in named:
+        info = infos.get(part)
+        read = f"{info.encoding}{f' ({info.scheme})' if info.scheme else ''} single file" if info else "official layout"
+        if part == "vae" or part == "audio_encoder":
+            held = "fp32"
+        elif weights in ("fp8", "fp8_fast") or (keep_fp8 and info is not None and info.encoding.startswith("fp8")):
+            held = f"fp8 linears + {high}" + (" (fp8 matmuls on cc 8.9+)" if weights == "fp8_fast" else "")
+        else:
+            held = high
+        rows.append((part, f"{Path(path).name}: {read} -> {held}"))
+    return rows
+
+
+__all__ = ["describe_parts", "Parts", "resolve_parts", "check_parts", "dit_config", "part_params", "COMFY_FILE_NAMES"]
