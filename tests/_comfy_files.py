@@ -120,6 +120,33 @@ def write_fp8_scaled_dit(sd: dict[str, torch.Tensor], path: PathLike, *, prefix:
     return Path(path)
 
 
+def write_random_fp8_scaled_dit(config: dict, path: PathLike, *, seed: int = 0, std: float = 0.02,
+                                prefix: bool = True) -> Path:
+    """Random weights of any size (e.g. the A14B expert's config.json) written straight in ComfyUI's
+    fp8_scaled encoding, one tensor at a time (no full bf16 copy is ever held): the files the GPU
+    benchmarks of `--weights auto|fp8|fp8_fast` load. Norm weights are 1, the rest N(0, std)."""
+    from wan_core.models.dit import DiTConfig, WanModel
+
+    cfg = DiTConfig.from_dict(config)
+    with torch.device("meta"):
+        model = WanModel(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    pre = DIT_PREFIX if prefix else ""
+    tensors: dict[str, torch.Tensor] = {"scaled_fp8": torch.zeros(0, dtype=FP8)}
+    for name, meta in model.state_dict().items():
+        if "norm" in name and name.endswith(".weight"):
+            t = torch.ones(meta.shape)
+        else:
+            t = torch.randn(meta.shape, generator=gen) * std
+        if _DIT_QUANT.match(name):
+            q, s = quantize(t)
+            tensors[pre + name], tensors[pre + name[: -len(".weight")] + ".scale_weight"] = q, s
+        else:
+            tensors[pre + name] = t.to(torch.bfloat16)
+        del t
+    return _save(tensors, Path(path))
+
+
 def write_official_dit(eff: dict[str, torch.Tensor], config: dict, folder: PathLike) -> Path:
     """An official single-shard DiT folder (config.json + diffusion_pytorch_model.safetensors)."""
     folder = Path(folder)
@@ -292,6 +319,6 @@ def write_comfy_models(tiny: PathLike, models_dir: PathLike, tasks: Iterable[str
     return result
 
 
-__all__ = ["ENCODINGS", "quantize", "write_dit", "write_fp8_scaled_dit", "write_official_dit",
+__all__ = ["ENCODINGS", "quantize", "write_dit", "write_fp8_scaled_dit", "write_random_fp8_scaled_dit", "write_official_dit",
            "write_umt5", "write_vae", "write_wav2vec2", "write_comfy_models", "spm_from_tokenizer_json",
            "read_official_dit", "TINY_FILES"]

@@ -1,7 +1,8 @@
 """Oracle 2 of issue 12: a run on ComfyUI-format files (fp8_scaled experts, fp8_scaled umT5 with its
 own tokenizer, fp16 safetensors VAE) gives the latent of the same run on an official-layout
 checkpoint holding the same effective weights (fp8-dequantized / fp16-rounded, written by
-tests/_comfy_files.py), in fp32 on CPU: on 1 rank and on 2 gloo ranks with FSDP + Ulysses.
+tests/_comfy_files.py), in fp32 on CPU: on 1 rank and on 2 gloo ranks with FSDP (DiT and T5, shards
+in fp8) + Ulysses.
 
 Tolerance 1e-5 relative: the two runs compute the same fp32 math on the same values; what differs
 is only the order of some reductions (FSDP/Ulysses vs one rank), as in tests/distributed.
@@ -90,7 +91,7 @@ def test_two_gloo_ranks_fsdp_ulysses(t2v_files, official_latent):
 
     files, _ = t2v_files
     spec = EngineSpec(task=Task.T2V_A14B, ckpt_dir="", device="cpu", param_dtype=ParamDtype.FP32, files=files,
-                      parallel=ParallelConfig(num_gpus=2, ulysses_size=2, dit_fsdp=True))
+                      parallel=ParallelConfig(num_gpus=2, ulysses_size=2, dit_fsdp=True, t5_fsdp=True))
     with EngineClient(spec) as client:
         out = client.generate(GenerateRequest(**REQ, decode=False))
     assert rel_err(out.latent, official_latent.latent) < 1e-5

@@ -211,3 +211,17 @@ def test_unsupported_quant_format(files):
     p = _save(out / "nvfp4.safetensors", d, meta)
     with pytest.raises(CheckpointError, match="nvfp4"):
         inspect_file(p, expect="dit")
+
+
+def test_random_fp8_scaled_writer_for_benchmarks(files):
+    """The writer the GPU benchmarks use for full-size random fp8_scaled experts, at tiny size."""
+    out, ckpt = files
+    cfg = json.loads((ckpt / "t2v-A14B" / "high_noise_model" / "config.json").read_text())
+    path = cf.write_random_fp8_scaled_dit(cfg, out / "random_fp8.safetensors")
+    info = inspect_file(path, expect="dit")
+    assert (info.encoding, info.scheme, info.prefix) == ("fp8_scaled", "scale_weight", "model.diffusion_model.")
+    model = comp.load_dit_any(path, torch.float32, "cpu")     # weights=auto: the linears stay fp8
+    assert model.blocks[0].ffn[0].weight.dtype == torch.float8_e4m3fn
+    x = torch.randn(1, 16, 1, 8, 8)
+    y = model(x, torch.tensor([500.0]), torch.randn(1, 4, 4096), seq_len=16)
+    assert y.shape == x.shape and torch.isfinite(y).all()
