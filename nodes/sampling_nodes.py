@@ -1,6 +1,8 @@
 """Wan22MGSampler and Wan22MGDecode: one GenerateRequest per prompt, frames out."""
 from __future__ import annotations
 
+import logging
+
 from comfy_api.latest import io
 
 from wan_core.config import TASKS, Solver, Task
@@ -67,6 +69,8 @@ class Wan22MGSampler(io.ComfyNode):
         except Cancelled:
             relay.raise_if_interrupted()   # -> execution_interrupted
             raise
+        for text in getattr(result, "warnings", ()):    # e.g. LoRA keys that matched no layer
+            logging.getLogger("wan22mg").warning("Wan2.2 Multi-GPU: %s", text)
         return io.NodeOutput(WanLatent(result=result, task=engine.task))
 
 

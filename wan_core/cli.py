@@ -568,6 +568,8 @@ def cmd_generate(args) -> int:
     else:
         result = _run_in_process(spec, request, bars)
     if result is not None:
+        for text in result.warnings:    # e.g. LoRA keys that matched nothing (printed once)
+            log.warning(text)
         _save_outputs(result, save_file, args.save_latent)
     return 0
 

@@ -386,6 +386,7 @@ class GenerateResult:
     extra_latents: dict = field(default_factory=dict)   # S2V: {"clip0": ..., "clip1": ...}
     audio: Optional[object] = None  # S2V: the input audio (samples, rate) to mux
     timings: dict = field(default_factory=dict)          # phase -> seconds
+    warnings: tuple = ()           # notes for the user (e.g. LoRA keys that matched no layer)
 
 
 def check_frame_num(frame_num: int) -> None:

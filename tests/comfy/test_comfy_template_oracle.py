@@ -28,7 +28,7 @@ from safetensors.torch import load_file, save_file
 
 import comfyui_harness as harness
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 ORACLE = Path(__file__).with_name("_comfy_template_oracle.py")
 TOL = 1e-4
 SETTINGS = dict(prompt="a red fox running through snow", negative="", frames=5, height=48, width=64,

@@ -24,7 +24,7 @@ from wan_core.loading.checkpoint import dit_on_meta
 from wan_core.loading.lora import param_shapes, random_lora
 
 TOL = 1e-5
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
 def rel_err(a, e) -> float:
@@ -119,6 +119,6 @@ def test_cfg_parallel_two_ranks(ckpt, loras, reference):
 def test_offload(ckpt, loras, reference, offload):
     """On a CPU device offload moves nothing (master == resident copy), so results are bit-identical;
     the masters path of loading/lora.py is exercised all the same."""
-    latents = _in_process(ckpt, _requests(loras), offload=offload)
-    for got, want in zip(latents, reference["euler"]):
+    latents = _in_process(ckpt, _requests(loras)[1:3], offload=offload)    # LoRAs, then re-weighted
+    for got, want in zip(latents, reference["euler"][1:3]):
         assert torch.equal(got, want)

@@ -242,6 +242,13 @@ def test_engine_bad_lora_keeps_engine_usable(engine, tmp_path):
         engine.generate(GenerateRequest(**req, loras=(LoraSpec(str(tmp_path / "nope.safetensors")),)))
     assert engine.generate(GenerateRequest(**req)).latent.shape[0] == 16
     assert os.path.exists(bad)
+    # Keys that match nothing are reported with the result (the node logs them in ComfyUI's console).
+    sd = _lora_sd(next(iter(engine.loras.models.values())), "diffusion_model", 9)
+    mixed = _write(tmp_path / "mixed.safetensors", {**sd, "lora_te_text.lora_up.weight": torch.zeros(2, 2)})
+    result = engine.generate(GenerateRequest(**req, loras=(LoraSpec(mixed, 1.0, LoraTarget.HIGH_NOISE),)))
+    assert [w for w in result.warnings if "mixed.safetensors: 1 of" in w and "lora_te_text" in w]
+    again = engine.generate(GenerateRequest(**req, loras=(LoraSpec(mixed, 1.0, LoraTarget.HIGH_NOISE),)))
+    assert not [w for w in again.warnings if "mixed.safetensors" in w]     # said once, when applied
 
 
 def test_guidance_one_is_one_forward_per_step(engine, monkeypatch):

@@ -381,8 +381,9 @@ class LoraManager:
             out.append((os.path.abspath(s.path), float(s.strength), str(getattr(s.expert, "value", s.expert)), stamp))
         return tuple(out)
 
-    def plan(self, specs) -> dict[object, list[tuple[ParsedLora, float]]]:
-        """Read and map every file for every expert it targets; raises before anything changes."""
+    def plan(self, specs, notes: Optional[list] = None) -> dict[object, list[tuple[ParsedLora, float]]]:
+        """Read and map every file for every expert it targets; raises before anything changes.
+        Reports (unmatched keys) go to `on_warning` and are appended to `notes`."""
         from ..config import LoraTarget
 
         single = len(self.models) == 1
@@ -404,15 +405,19 @@ class LoraManager:
                 note = parsed.report()
                 if note:
                     self.on_warning(note)
+                    if notes is not None:
+                        notes.append(f"{note} ({kval})")
                 plans[key].append((parsed, float(spec.strength)))
         return plans
 
-    def update(self, specs) -> bool:
-        """Apply `specs` (LoraSpec list); True when the applied set changed."""
+    def update(self, specs) -> list[str]:
+        """Apply `specs` (LoraSpec list) unless they are the ones applied; returns the reports of
+        this change (keys that matched nothing), empty when nothing changed."""
         sig = self._signature(specs)
         if sig == self.current:
-            return False
-        plans = self.plan(specs)
+            return []
+        notes: list[str] = []
+        plans = self.plan(specs, notes)
         try:
             for key, state in self.state.items():
                 state.set(plans[key])
@@ -420,7 +425,7 @@ class LoraManager:
             self.clear()
             raise
         self.current = sig
-        return True
+        return notes
 
     def clear(self) -> None:
         for state in self.state.values():

@@ -394,11 +394,16 @@ class WanEngine:
 
         hooks = hooks or RunHooks()
         # Before any collective: a bad LoRA fails every rank alike and the group stays up.
-        self.loras.update(tuple(request.loras or ()))
+        notes = tuple(self.loras.update(tuple(request.loras or ())))
         if self.is_s2v:   # clip by clip; extra_latents = every clip, audio = the track to mux
             from .s2v import generate_for_engine
 
-            return generate_for_engine(self, request, hooks, trace)
+            result = generate_for_engine(self, request, hooks, trace)
+            if result is not None and notes:
+                from dataclasses import replace
+
+                result = replace(result, warnings=tuple(result.warnings) + notes)
+            return result
         plan = self.plan(request)
         for text in plan.warnings:
             log.warning(text)
@@ -408,7 +413,8 @@ class WanEngine:
             return None
         video = video_to_uint8(out.video) if out.video is not None else None
         return GenerateResult(latent=out.latent.detach().float().cpu(), video=video,
-                              fps=self.task_spec.fps, seed=plan.seed, timings=dict(out.timings))
+                              fps=self.task_spec.fps, seed=plan.seed, timings=dict(out.timings),
+                              warnings=tuple(plan.warnings) + notes)
 
     def close(self) -> None:
         """Drop the models (frees device memory once nothing else references them)."""
