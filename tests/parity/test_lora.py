@@ -138,6 +138,38 @@ def test_bf16_restore_exact(tiny_dir):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_fp8_base_untouched_and_restored(tiny_dir):
+    """fp8 bases (loading/fp8.py Fp8Linear): the deltas act on the layer output in its compute dtype,
+    the fp8 weights and scales are never written; apply / re-weight / remove leaves every tensor
+    bit-identical and the output back to the base's."""
+    from wan_core.loading.fp8 import DIT_FP8_LAYERS, apply_fp8
+
+    model = load_dit(tiny_dir / "ckpt" / "t2v-A14B" / "high_noise_model", dtype=torch.float32, device="cpu")
+    names = [n for n, _ in model.named_modules() if DIT_FP8_LAYERS.match(n)]
+    assert apply_fp8(model, names, torch.float32) == names and names
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    base_out = _forward(model)
+    sd = _lora_sd(model, "diffusion_model")
+    state = ModelLoras(model, "cpu")
+    parsed = parse_lora(sd, param_shapes(model), "x.safetensors")
+    state.set([(parsed, 1.0)])
+    with_lora = _forward(model)
+    assert rel_err(with_lora, base_out) > 1e-3
+    # the same LoRA on the dequantized model, merged by this test: the fp8 path adds the same delta
+    ref = load_dit(tiny_dir / "ckpt" / "t2v-A14B" / "high_noise_model", dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        for n in names:
+            m = model.get_submodule(n)
+            ref.get_submodule(n).weight.copy_(m.weight.float() * m.weight_scale)
+    expected = _forward(_reference_merge(ref, sd, "diffusion_model", 1.0))
+    assert rel_err(with_lora, expected) < 1e-6
+    for s in (0.5, 2.0, 0.0):
+        state.set([(parsed, s)])
+    state.clear()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(_forward(model), base_out)
+
+
 def test_unmatched_keys_reported(dit):
     sd = _lora_sd(dit, "diffusion_model")
     extra = {f"text_encoders.layer{i}.lora_up.weight": torch.zeros(2, 2) for i in range(7)}

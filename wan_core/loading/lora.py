@@ -230,11 +230,13 @@ class _LinearParts:
     bias: Optional[torch.Tensor] = None
 
 
-def _factor_dtype(weight: torch.Tensor) -> torch.dtype:
-    """Compute dtype of the deltas: the weight's when it is a 16/32-bit float, else bf16 (fp8)."""
-    if weight.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        return weight.dtype
-    return torch.bfloat16
+def _factor_dtype(layer: nn.Module) -> torch.dtype:
+    """Compute dtype of the deltas: the weight's when it is a 16/32-bit float, else the layer's
+    compute dtype (fp8 layers of loading/fp8.py dequantize to it), else bf16."""
+    dtype = layer.weight.dtype
+    if dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        return dtype
+    return getattr(layer, "compute_dtype", torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -334,7 +336,7 @@ class ModelLoras:
                     merged[d.target] = dense if d.target not in merged else merged[d.target] + dense
         for path, parts in linears.items():
             layer = self._modules[path]
-            dt = _factor_dtype(layer.weight)
+            dt = _factor_dtype(layer)
             put = lambda t: None if t is None else t.to(self.device, dt)   # noqa: E731
             down = torch.cat(parts.downs) if parts.downs else None
             up = torch.cat(parts.ups, dim=1) if parts.ups else None
