@@ -21,7 +21,7 @@ from wan_core.client import EngineClient
 from wan_core.errors import WorkerFailure
 from wan_core.runtime.watchdog import WatchdogConfig
 
-LONG = GenerateRequest(**{**REQUEST.__dict__, "steps": 40})
+LONG = GenerateRequest(**{**REQUEST.__dict__, "steps": 400})   # never done before the stop lands
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,9 @@ def test_stopped_rank_without_cancel_is_found_by_silence(t2v_ckpt):
         assert f.rank == 1 and f.exc_type == "WorkerHung", f
         assert "sent nothing for" in f.message and "stopped (SIGSTOP" in f.message, f.message
         assert "it was generating" in f.message and str(pids[1]) in f.message
+        # Rank 0 waits for rank 1 in a collective: its heartbeats said which one, and from where.
+        assert "Meanwhile rank 0 was generating: denoise" in f.message, f.message
+        assert "in torch.distributed " in f.message and "from wan_core/distributed/" in f.message, f.message
         assert 4.0 < elapsed < 15.0, elapsed
         _check_ended(client, pids, folder, token)
         # The scan saw the workers' gloo pairs (TCP on loopback) and the control socket.

@@ -166,13 +166,17 @@ class Watchdog:
         others = ""
         if ranks and len(ranks) > 1:
             others = f" (ranks {', '.join(map(str, ranks))} are all late)"
-        return hung(rank, pid, what + others, self._what.get(rank, "?"))
+        meanwhile = [f"rank {r} was {self._what.get(r, '?')}" for r in sorted(self._pending) if r != rank]
+        return hung(rank, pid, what + others, self._what.get(rank, "?"), meanwhile=meanwhile)
 
 
-def hung(rank: int, pid: int, what: str, doing: str, log_tail: str = "") -> WorkerFailure:
-    """The WorkerHung failure: the rank, its pid, what went wrong, what it was doing, its process
-    state and the usual remedy."""
+def hung(rank: int, pid: int, what: str, doing: str, log_tail: str = "",
+         meanwhile: Optional[list[str]] = None) -> WorkerFailure:
+    """The WorkerHung failure: the rank, its pid, what went wrong, what it was doing (phase, step,
+    the collective or engine line its heartbeat last reported), its process state, what the other
+    ranks were doing, and the usual remedy."""
     state = process_state(pid)
+    others = f" Meanwhile {'; '.join(meanwhile)}." if meanwhile else ""
     message = (f"worker rank {rank} (pid {pid}) {what}; it was {doing}"
-               f"{'; ' + state if state else ''}. {REMEDY}")
+               f"{'; ' + state if state else ''}.{others} {REMEDY}")
     return WorkerFailure(rank, "WorkerHung", message, log_tail)

@@ -54,6 +54,28 @@ def memory_stats(device) -> dict:
     return stats
 
 
+def main_thread_location(thread_id: Optional[int]) -> str:
+    """'in torch.distributed all_to_all_single, from wan_core/distributed/ulysses.py:39' or
+    'at wan_core/models/dit.py:120 (forward)': where the thread is, from its Python stack (no
+    source lines read). '' when unknown."""
+    frame = sys._current_frames().get(thread_id) if thread_id is not None else None
+    if frame is None:
+        return ""
+    collective = ours = None
+    while frame is not None and ours is None:
+        code = frame.f_code
+        path = code.co_filename.replace(os.sep, "/")
+        if collective is None and path.endswith("torch/distributed/distributed_c10d.py"):
+            collective = code.co_name
+        elif "/wan_core/" in path:
+            ours = f"{path[path.rindex('/wan_core/') + 1:]}:{frame.f_lineno}"
+            name = code.co_name
+        frame = frame.f_back
+    if collective is not None:
+        return f"in torch.distributed {collective}" + (f", from {ours}" if ours else "")
+    return f"at {ours} ({name})" if ours else ""
+
+
 def _describe_device(device) -> str:
     if device is None or device.type != "cuda":
         return "cpu"
@@ -104,10 +126,17 @@ class Worker:
 
     def heartbeat_loop(self) -> None:
         """Every `heartbeat_s`: a Heartbeat, from this thread whatever the main thread does (a
-        kernel, a collective). Only a stopped or frozen process falls silent."""
+        kernel, a collective). Only a stopped or frozen process falls silent. While it works, the
+        phase says where the main thread is: the torch.distributed collective it waits in, if
+        any, and the innermost line of the engine (what the watchdog's message quotes)."""
+        main_id = threading.main_thread().ident
         while True:
             time.sleep(self.cfg.heartbeat_s)
-            self._send(P.Heartbeat(rank=self.rank, phase=self._phase,
+            phase = self._phase
+            if phase.startswith(("generating", "loading")):
+                where = main_thread_location(main_id)
+                phase = f"{phase} ({where})" if where else phase
+            self._send(P.Heartbeat(rank=self.rank, phase=phase,
                                    phase_s=time.monotonic() - self._phase_at))
 
     # -- messages (reader thread) ---------------------------------------------------------------
