@@ -429,3 +429,11 @@ def test_a_missing_comfy_file_names_the_download_command(hub, tmp_path):
     # ...which fetches exactly those files, after which generate finds them.
     assert cli(hub, tmp_path, "download", "ti2v-5B", "--set", "comfy", "--dir", str(models)).returncode == 0
     assert dit.is_file()
+
+
+def test_nothing_leaves_127_0_0_1(hub, tmp_path):
+    """The guard of these tests: any host but 127.0.0.1 goes to a closed proxy port, so a request
+    elsewhere fails at once, as one line (it is how every test above knows it stayed local)."""
+    line = one_error(cli(hub, tmp_path, "download", "t2v-A14B", "--dir", str(tmp_path / "x"),
+                         HF_ENDPOINT="http://hub.example.com"))
+    assert line.startswith(f"error: cannot reach {T2V} on http://hub.example.com:"), line
