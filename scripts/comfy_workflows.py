@@ -99,6 +99,8 @@ def lora_4step_workflow(task: Task, gpus: int) -> tuple[dict, dict, dict]:
     Returns (API prompt, positions, {node id: properties.models})."""
     p, pos = api_workflow(task, gpus)
     high, low = LORAS_4STEP[task]
+    # The template's own single files (fp8_scaled experts, fp8 umT5, 2.1 VAE), from ComfyUI's folders.
+    p["1"]["inputs"].update(checkpoint=COMPONENTS, weights="auto", **TEMPLATE_FILES[task])
     p["11"] = {"class_type": "Wan22MGLoRA", "inputs": {"engine": ["1", 0], "lora_name": high,
                                                         "strength": 1.0, "expert": "high_noise"}}
     p["12"] = {"class_type": "Wan22MGLoRA", "inputs": {"engine": ["11", 0], "lora_name": low,
@@ -110,6 +112,14 @@ def lora_4step_workflow(task: Task, gpus: int) -> tuple[dict, dict, dict]:
     models = {k: [{"name": name, "url": LORA_URL + name, "directory": "loras"}]
               for k, name in (("11", high), ("12", low))}
     return p, pos, models
+
+
+COMPONENTS = "(component files only)"      # nodes/checkpoints.COMPONENTS
+TEMPLATE_FILES = {   # ComfyUI's video_wan2_2_14B_t2v/i2v.json files, by loader widget
+    task: {"dit_high_noise": f"wan2.2_{kind}_high_noise_14B_fp8_scaled.safetensors",
+           "dit_low_noise": f"wan2.2_{kind}_low_noise_14B_fp8_scaled.safetensors",
+           "text_encoder": "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "vae": "wan_2.1_vae.safetensors"}
+    for task, kind in ((Task.T2V_A14B, "t2v"), (Task.I2V_A14B, "i2v"))}
 
 
 def api_workflow(task: Task, gpus: int) -> tuple[dict, dict]:
@@ -303,10 +313,20 @@ def export(frontend: harness.Frontend, task: Task, gpus: int, lora4: bool = Fals
     if lora4:
         prompt, pos, models = lora_4step_workflow(task, gpus)
         high, low = LORAS_4STEP[task]
-        note = (note_text(task, gpus) + "\n\n4-step LoRA path of ComfyUI's own template: put "
-                f"{high} and {low} in ComfyUI/models/loras/ (the LoRA nodes offer the download); "
-                "euler, 4 steps, shift 5, guidance 1 (one forward per step), high-noise expert for "
-                "steps 0-2 (router switch_step 2), 640x640, 81 frames.")
+        files = TEMPLATE_FILES[task]
+        layout = (f"{gpus} GPUs: Ulysses {gpus} + DiT and T5 FSDP." if gpus > 1 else
+                  "1 GPU: the idle expert waits in CPU memory (offload=experts).")
+        note = (f"Wan2.2 {task.value}, 4-step LoRA: ComfyUI's own template files (the loader and "
+                "LoRA nodes offer the downloads)\n\n"
+                f"ComfyUI/models/diffusion_models/  {files['dit_high_noise']}, {files['dit_low_noise']}\n"
+                f"ComfyUI/models/text_encoders/  {files['text_encoder']}\n"
+                f"ComfyUI/models/vae/  {files['vae']}\n"
+                f"ComfyUI/models/loras/  {high}, {low}\n\n"
+                "Or an official download in ComfyUI/models/wan22/<folder>: pick it as checkpoint and "
+                "set the file widgets to (from checkpoint).\n\n"
+                f"{layout} As the template: euler, 4 steps, shift 5, guidance 1 (one forward per "
+                "step, no negative prompt), high-noise expert for steps 0-2 (router switch_step 2), "
+                "640x640, 81 frames.")
     else:
         (prompt, pos), models = api_workflow(task, gpus), {}
         note = note_text(task, gpus)
@@ -385,6 +405,11 @@ def main() -> int:
         for names in LORAS_4STEP.values():     # stand-ins so the LoRA combos offer the names
             for name in names:
                 (base / "models" / "loras" / name).write_bytes(b"")
+        for files in TEMPLATE_FILES.values():  # ... and the loader's component-file combos
+            for name in files.values():
+                folder = base / "models" / COMFY_FILES[name]["directory"]
+                folder.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_bytes(b"")
         shutil.copyfile(comfy / "input" / IMAGE, base / "input" / IMAGE)
         server = harness.Server(comfy, python, base).start()
         try:

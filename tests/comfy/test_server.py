@@ -127,6 +127,10 @@ def comfy(tmp_path_factory, tiny_dir):
         missing(f"no chromium at {harness.CHROMIUM} (scripts/comfy_setup.sh installs Debian's)")
     base = harness.make_base_dir(tmp_path_factory.mktemp("comfy_base"), tiny_dir)
     write_tiny_loras(base / "models" / "loras", tiny_dir)
+    # The 4-step workflows load ComfyUI's template files: tiny ones under the same names.
+    import _comfy_files
+
+    _comfy_files.write_comfy_models(tiny_dir, base / "models", ("t2v-A14B", "i2v-A14B"))
     models = base / "models" / "wan22"
     broken = make_broken_checkpoint(models, models / "t2v-A14B")
     server = harness.Server(comfy_dir, python, base).start()
@@ -247,6 +251,14 @@ def test_workflows_load_in_the_frontend_and_export(exported):
                 (entry,) = n["properties"]["models"]
                 assert entry["directory"] == "loras" and entry["name"] == n["widgets_values"][0]
                 assert entry["url"].startswith("https://huggingface.co/Comfy-Org/") and entry["url"].endswith(entry["name"])
+            # ComfyUI's template files on the loader, each with its download entry
+            (loader_node,) = [n for n in wf["nodes"] if n["type"] == "Wan22MGModelLoader"]
+            offered = {m["name"]: m for m in loader_node["properties"]["models"]}
+            kind = "t2v" if "T2V" in path.stem else "i2v"
+            for name in (f"wan2.2_{kind}_high_noise_14B_fp8_scaled.safetensors",
+                         f"wan2.2_{kind}_low_noise_14B_fp8_scaled.safetensors",
+                         "umt5_xxl_fp8_e4m3fn_scaled.safetensors", "wan_2.1_vae.safetensors"):
+                assert name in loader.values() and offered[name]["url"].endswith(name), (path.name, name)
             sampler = api[by_class(api, "Wan22MGSampler")]["inputs"]
             router = api[by_class(api, "Wan22MGExpertRouter")]["inputs"]
             assert (sampler["sampler"], sampler["steps"], sampler["shift"]) == ("euler", 4, 5.0)
