@@ -233,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds before the NCCL self-test counts as hung (default 60)")
     dr.add_argument("--strict", action="store_true",
                     help="exit 1 when the plan does not fit or the self-test fails")
+    from .bench import build_parser as _bench_parser   # `bench`: whole-video timing (wan_core/bench.py)
+
+    _bench_parser(sub)
     return parser
 
 
@@ -603,6 +606,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "demo":
             from .demo import run_demo
             return run_demo(out=args.out, device=args.device, ckpt_dir=args.ckpt_dir)
+        if args.command == "bench":
+            from .bench import main as bench_main
+            return bench_main(args)
         parser.error(f"unknown command {args.command!r}")
     except Cancelled as exc:
         _report_error(f"error: {exc}")

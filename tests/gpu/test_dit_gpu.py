@@ -81,6 +81,35 @@ def test_cuda_matches_cpu(per_token):
         assert err < 2e-2
 
 
+@pytest.mark.parametrize("ops_name", ["fast", "compile"])
+def test_block_ops_cuda_bf16(ops_name):
+    """FAST block ops (fp32 RoPE, eager) and their torch.compile'd kernels on CUDA, bf16 parameters,
+    against fp32 on CPU: the same tolerance as the reference ops' bf16 check above (2e-2: bf16
+    matmuls and attention), and against the reference ops on CUDA: 5e-3 (only fp32-vs-fp64 RoPE and
+    fused roundings differ, each at most one bf16 step)."""
+    _need_cuda()
+    from wan_core.models import fused
+    from wan_core.models.attention import resolve_backend
+
+    ref = _tiny_model()
+    x, t, ctx, seq_len = _tiny_inputs(False)
+    with torch.no_grad():
+        expected = ref(x, t, ctx, seq_len)
+    m16 = copy.deepcopy(ref).to("cuda", torch.bfloat16)
+    m16.set_attention_kernel(resolve_backend("auto", "cuda"))
+    with torch.no_grad():
+        ref16 = m16(x.cuda(), t.cuda(), ctx.cuda(), seq_len).cpu()
+        ops = fused.FAST if ops_name == "fast" else fused.compiled_ops(fused.FAST)
+        m16.set_block_ops(ops)
+        out = m16(x.cuda(), t.cuda(), ctx.cuda(), seq_len).cpu()
+    if ops_name == "compile":
+        assert not any(getattr(ops, k).failed for k in ("modulate", "gated_residual", "norm_affine",
+                                                        "rms_norm", "qk_norm_rope")), "compile fell back"
+    err, err16 = rel_err(out, expected), rel_err(out, ref16)
+    print(f"bf16 cuda {ops.name}: rel_err vs fp32 cpu {err:.2e}, vs reference ops {err16:.2e}")
+    assert err < 2e-2 and err16 < 5e-3
+
+
 def _real_expert(device="cuda"):
     from wan_core.models.dit import DiTConfig, WanModel
 

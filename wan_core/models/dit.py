@@ -18,9 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .fused import REFERENCE, BlockOps
 from .layers import (LayerNorm, LocalAttention, RMSNorm, compute_dtype, linear, linear_fp32,
                      sinusoidal_embedding_1d)
-from .rope import grid_table, rope_apply
+from .rope import grid_table
 
 MODEL_TYPES = ("t2v", "i2v", "ti2v", "s2v")
 
@@ -86,10 +87,14 @@ class TokenSharding(Protocol):
 
 
 class WanSelfAttention(nn.Module):
+    ops: BlockOps = REFERENCE
+    """Elementwise ops (models/fused.py); `WanModel.set_block_ops` swaps them."""
+
     def __init__(self, dim: int, num_heads: int, eps: float = 1e-6, qk_norm: bool = True,
                  kernel=None) -> None:
         super().__init__()
         self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.eps = eps
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
@@ -98,29 +103,43 @@ class WanSelfAttention(nn.Module):
         self.norm_k = RMSNorm(dim, eps) if qk_norm else nn.Identity()
         self.attn = LocalAttention(kernel)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, k_lens: torch.Tensor) -> torch.Tensor:
-        """x [B, L, dim] (L local when token-sharded), rope [L, D/2] complex128, k_lens [B] global."""
+    def _qk(self, x: torch.Tensor, norm: nn.Module, rope) -> torch.Tensor:
+        """Normalised (RMSNorm over the model width), rotated q or k [B, L, N, D] in x's dtype."""
+        b, s = x.shape[:2]
+        if isinstance(norm, RMSNorm):
+            return self.ops.apply_qk(x, norm.weight, norm.eps, self.num_heads, rope)
+        from .rope import rope_apply
+
+        rope = rope if isinstance(rope, torch.Tensor) else torch.complex(*rope).to(torch.complex128)
+        return rope_apply(x.view(b, s, self.num_heads, -1), rope, out_dtype=x.dtype)
+
+    def forward(self, x: torch.Tensor, rope, k_lens: torch.Tensor) -> torch.Tensor:
+        """x [B, L, dim] (L local when token-sharded), rope [L, D/2] complex128 (or the (cos, sin)
+        float32 pair of `BlockOps.rope_for`), k_lens [B] global."""
         b, s = x.shape[:2]
         n, d = self.num_heads, self.head_dim
-        q = self.norm_q(linear(x, self.q)).view(b, s, n, d)
-        k = self.norm_k(linear(x, self.k)).view(b, s, n, d)
-        v = linear(x, self.v).view(b, s, n, d)
-        # RoPE in float64 -> float32 (official), then q/k in v's dtype: fp32 params stay fp32 (exact on
+        # Cast once for the three projections (bf16 params -> bf16 matmuls; fp32 on CPU: no-op).
+        xb = x.to(compute_dtype(self.q))
+        # RoPE (official: float64 -> float32), then q/k in v's dtype: fp32 params stay fp32 (exact on
         # CPU); bf16 params give bf16 q/k/v, which is what the official flash_attention casts to (and
-        # halves the Ulysses all-to-all traffic).
-        q = rope_apply(q, rope, out_dtype=v.dtype)
-        k = rope_apply(k, rope, out_dtype=v.dtype)
+        # halves the Ulysses all-to-all traffic). FAST ops rotate in float32 (models/fused.py).
+        q = self._qk(linear(xb, self.q), self.norm_q, rope)
+        k = self._qk(linear(xb, self.k), self.norm_k, rope)
+        v = linear(xb, self.v).view(b, s, n, d)
         out = self.attn(q, k, v, k_lens)
         return linear(out.flatten(2), self.o)
 
 
 class WanCrossAttention(WanSelfAttention):
+    def _norm(self, x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
+        return self.ops.rms_norm(x, norm.weight, norm.eps) if isinstance(norm, RMSNorm) else x
+
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """x [B, L, dim], context [B, text_len, dim]; no mask (official: context_lens=None)."""
         b = x.shape[0]
         n, d = self.num_heads, self.head_dim
-        q = self.norm_q(linear(x, self.q)).view(b, -1, n, d)
-        k = self.norm_k(linear(context, self.k)).view(b, -1, n, d)
+        q = self._norm(linear(x, self.q), self.norm_q).view(b, -1, n, d)
+        k = self._norm(linear(context, self.k), self.norm_k).view(b, -1, n, d)
         v = linear(context, self.v).view(b, -1, n, d)
         out = self.attn(q, k, v, None)
         return linear(out.flatten(2), self.o)
@@ -152,19 +171,24 @@ class WanAttentionBlock(nn.Module):
         """
         return self.modulation[:, i].float() + e0[:, :, i]
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, rope: torch.Tensor,
+    ops: BlockOps = REFERENCE
+    """Elementwise ops (models/fused.py); `WanModel.set_block_ops` swaps them."""
+
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, rope,
                 k_lens: torch.Tensor) -> torch.Tensor:
-        """x [B, L, dim] fp32 residual stream -> same."""
-        h = self.norm1(x).float() * (1 + self.mod(e0, 1)) + self.mod(e0, 0)
-        y = self.self_attn(h, rope, k_lens)
-        x = x + y * self.mod(e0, 2)
-        x = x + self.cross_attn(self.norm3(x), context)
-        h = self.norm2(x).float() * (1 + self.mod(e0, 4)) + self.mod(e0, 3)
-        # Through `linear` (not the Sequential) so a LoRA's `lora_delta` reaches the FFN too.
+        """x [B, L, dim] fp32 residual stream -> same. rope: see `WanSelfAttention.forward`."""
+        ops, mod = self.ops, self.mod
         ffn0, ffn2 = self.ffn[0], self.ffn[2]
-        y = linear(F.gelu(linear(h.to(compute_dtype(ffn0)), ffn0), approximate="tanh"), ffn2)
-        x = x + y * self.mod(e0, 5)
-        return x
+        wdt = compute_dtype(ffn0)
+        h = ops.modulate(x, self.norm1.eps, mod(e0, 1), mod(e0, 0), wdt)
+        x = ops.gated_residual(x, self.self_attn(h, rope, k_lens), mod(e0, 2))
+        n3 = self.norm3
+        c_in = ops.norm_affine(x, n3.weight, n3.bias, n3.eps, wdt) if isinstance(n3, LayerNorm) else x
+        x = x + self.cross_attn(c_in, context)
+        h = ops.modulate(x, self.norm2.eps, mod(e0, 4), mod(e0, 3), wdt)
+        # Through `linear` (not the Sequential) so a LoRA's `lora_delta` reaches the FFN too.
+        y = linear(F.gelu(linear(h, ffn0), approximate="tanh"), ffn2)
+        return ops.gated_residual(x, y, mod(e0, 5))
 
 
 class Head(nn.Module):
@@ -209,6 +233,16 @@ class WanModel(nn.Module):
         self._rope_cache: tuple = (None, None)
 
     # -- injection points ---------------------------------------------------------------------
+
+    def set_block_ops(self, ops: BlockOps) -> None:
+        """Use `ops` (models/fused.py) for the elementwise work of every block."""
+        for m in self.modules():
+            if isinstance(m, (WanAttentionBlock, WanSelfAttention)):
+                m.ops = ops
+
+    @property
+    def block_ops(self) -> BlockOps:
+        return self.blocks[0].ops if len(self.blocks) else REFERENCE
 
     def set_attention_kernel(self, kernel) -> None:
         """Use `kernel` in every LocalAttention (including those wrapped by Ulysses)."""
@@ -341,6 +375,7 @@ class WanModel(nn.Module):
             if per_token:
                 e, e0 = sharding.split(e, 1), sharding.split(e0, 1)
 
+        rope = self.block_ops.rope_for(rope)   # float32 (cos, sin) once per forward for FAST ops
         for block in self.blocks:
             u = block(u, e0, ctx, rope, k_lens)
 

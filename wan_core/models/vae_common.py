@@ -24,7 +24,7 @@ Wan2.1 decode peak is the frame cache itself (2 frames per causal conv, inherent
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
 import torch
 import torch.nn as nn
@@ -68,6 +68,27 @@ def config_from_state_dict(sd: dict, dec_dim_key: str = "decoder.head.0.gamma") 
                      dec_dim=int(sd[dec_dim_key].shape[0]))
 
 
+class RowHalo(Protocol):
+    """What a decoder module needs when the frame is split by rows across processes (implemented
+    in wan_core/distributed/vae_split.py; the model never talks to other processes itself).
+
+    Every module with a spatial kernel asks for `n` rows above and below its tile before it
+    convolves (the neighbours' rows, zeros at the frame's edges: exactly the zero padding a
+    one-process convolution applies there); the attention block works on the whole frame."""
+
+    def pad_rows(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """[B, C, T, h, W] -> [B, C, T, n + h + n, W]."""
+        ...
+
+    def gather_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """This tile -> the whole frame (every tile, in row order)."""
+        ...
+
+    def own_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Whole frame -> this process's tile."""
+        ...
+
+
 class CausalCache:
     """Frames carried from one chunk to the next, for one encode or decode call. Keyed by module."""
 
@@ -85,6 +106,9 @@ class CausalConv3d(nn.Conv3d):
     """Conv3d whose temporal padding is all in front (2·p_t frames), so frame t sees only frames <= t.
     `prev` (the previous chunk's last frames) replaces that many zero frames of the padding."""
 
+    halo: Optional[RowHalo] = None
+    """Set from outside when the frame is split by rows (see `RowHalo`); None: the whole frame."""
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._front = 2 * self.padding[0]
@@ -94,7 +118,7 @@ class CausalConv3d(nn.Conv3d):
     def forward(self, x: torch.Tensor, prev: Optional[torch.Tensor] = None) -> torch.Tensor:
         front = self._front
         if front == 0:
-            return super().forward(x)
+            return self._spatial(x)
         parts = [x]
         if prev is not None:
             parts.insert(0, prev.to(x.device, x.dtype))
@@ -102,7 +126,15 @@ class CausalConv3d(nn.Conv3d):
         if front > 0:
             b, c, _, h, w = x.shape
             parts.insert(0, x.new_zeros(b, c, front, h, w))
-        return super().forward(torch.cat(parts, dim=2) if len(parts) > 1 else x)
+        return self._spatial(torch.cat(parts, dim=2) if len(parts) > 1 else x)
+
+    def _spatial(self, x: torch.Tensor) -> torch.Tensor:
+        ph = self.padding[1]
+        if self.halo is None or ph == 0:
+            return super().forward(x)
+        # The neighbours' rows replace the zero padding in H at tile borders (same values as one frame).
+        return F.conv3d(self.halo.pad_rows(x, ph), self.weight, self.bias, self.stride,
+                        (0, 0, self.padding[2]), self.dilation, self.groups)
 
 
 def cached_conv(conv: CausalConv3d, x: torch.Tensor, cache: Optional[CausalCache]) -> torch.Tensor:
@@ -133,10 +165,12 @@ class RMS_norm(nn.Module):  # noqa: N801 (official name)
         return F.normalize(x, dim=1).mul_(self.scale).mul_(self.gamma)
 
 
-def _conv2d_on_video(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+def _conv2d_on_video(conv: nn.Conv2d, x: torch.Tensor, halo: Optional[RowHalo] = None) -> torch.Tensor:
     """Apply a Conv2d to every frame of [B, C, T, H, W] without folding time into the batch."""
-    return F.conv3d(x, conv.weight.unsqueeze(2), conv.bias, stride=(1, *conv.stride),
-                    padding=(0, *conv.padding))
+    ph, pw = conv.padding
+    if halo is not None and ph:
+        x, ph = halo.pad_rows(x, ph), 0
+    return F.conv3d(x, conv.weight.unsqueeze(2), conv.bias, stride=(1, *conv.stride), padding=(0, ph, pw))
 
 
 class Upsample(nn.Module):
@@ -149,6 +183,9 @@ class Upsample(nn.Module):
 class Resample(nn.Module):
     """Spatial ×2 up/down (`resample.1` is the Conv2d), plus a temporal ×2 for the 3d modes
     (`time_conv`). `upsample_out` is the Conv2d's output width: dim//2 in Wan2.1, dim in Wan2.2."""
+
+    halo: Optional[RowHalo] = None
+    """See `CausalConv3d.halo` (decoding only: the upsample convs)."""
 
     def __init__(self, dim: int, mode: str, upsample_out: Optional[int] = None) -> None:
         super().__init__()
@@ -168,7 +205,7 @@ class Resample(nn.Module):
         if self.mode == "upsample3d" and cache is not None:
             x = self._time_upsample(x, cache)
         if self.mode.startswith("upsample"):
-            x = _conv2d_on_video(self.resample[1], self.resample[0](x))
+            x = _conv2d_on_video(self.resample[1], self.resample[0](x), self.halo)
         else:
             x = _conv2d_on_video(self.resample[1], F.pad(x, (0, 1, 0, 1)))
         if self.mode == "downsample3d" and cache is not None:
@@ -229,6 +266,9 @@ class ResidualBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Single-head self-attention over the H·W positions of each frame (middle of the VAE)."""
 
+    halo: Optional[RowHalo] = None
+    """See `CausalConv3d.halo`: with a row split the block runs on the gathered whole frame."""
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.norm = RMS_norm(dim)
@@ -236,6 +276,11 @@ class AttentionBlock(nn.Module):
         self.proj = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.halo is not None:   # attention spans the frame: gather it, keep our rows after
+            return self.halo.own_rows(self._frame(self.halo.gather_rows(x)))
+        return self._frame(x)
+
+    def _frame(self, x: torch.Tensor) -> torch.Tensor:
         identity = x
         b, c, t, h, w = x.shape
         x = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)

@@ -190,6 +190,14 @@ class WanEngine:
         self.attention = kernel.name
         dits = {Expert(name): self._load_dit(folder, dtype, offload, kernel)
                 for name, folder in folders.items()}
+        from ..models.fused import pick_block_ops
+
+        # bf16/fp16 weights on CUDA: fused norm/RoPE/modulation kernels (models/fused.py); fp32
+        # weights keep the reference op order (exact against the goldens).
+        block_ops = pick_block_ops(dtype, self.device)
+        for dit in dits.values():
+            dit.set_block_ops(block_ops)
+        self.block_ops = block_ops.name
         self.models = expert_provider(dits, self.dist, par)
         self.loras = self._lora_manager(dits)
         self.load_timings["dit"] = time.perf_counter() - t0
@@ -362,9 +370,19 @@ class WanEngine:
     def components(self) -> Components:
         from .schedulers import make_scheduler
 
+        split = self.dist.world_size > 1 and not self.is_s2v
+        if split:   # every rank decodes a band of rows (exact; distributed/vae_split.py)
+            from ..distributed.vae_split import decode_rows_ctx
+
+            vae, dist = self.vae, self.dist
+
+            def vae_decode(latent):
+                return decode_rows_ctx(vae, latent, dist)
+        else:
+            vae_decode = self.vae.decode
         return Components(encode_text=self._encode_text, vae_encode=self.vae.encode,
-                          vae_decode=self.vae.decode, models=self.models, device=self.device,
-                          make_scheduler=make_scheduler)
+                          vae_decode=vae_decode, models=self.models, device=self.device,
+                          make_scheduler=make_scheduler, decode_all_ranks=split)
 
     def plan(self, request: GenerateRequest) -> RunPlan:
         """Validate and resolve `request` (no model work); agreed across ranks for random seeds."""

@@ -195,6 +195,9 @@ class Components:
     models: ModelProvider
     device: torch.device
     make_scheduler: Callable                              # (solver, steps, shift) -> scheduler
+    decode_all_ranks: bool = False
+    """vae_decode is a collective (split across the ranks, distributed/vae_split.py): every rank
+    calls it; rank 0 keeps the video."""
 
 
 @dataclass
@@ -274,14 +277,17 @@ def run_video_task(plan: RunPlan, comp: Components, dist, hooks: RunHooks, *, ba
     if dist.agree_stop(hooks.stop_requested()):   # every rank, decode or not: same collective count
         from ..errors import Cancelled
         raise Cancelled(plan.steps)
-    if plan.decode:
-        if dist.rank == 0:
-            t0 = time.perf_counter()
+    if plan.decode and (dist.rank == 0 or comp.decode_all_ranks):
+        rank0 = dist.rank == 0
+        t0 = time.perf_counter()
+        if rank0:
             hooks.report(Phase.DECODE, 0, 1, t0, "decoding the video")
             if trace is not None:
                 trace("vae_decode_in", latent.detach().float().cpu())
-            with torch.no_grad():
-                video = comp.vae_decode(latent[None].float())[0]
+        with torch.no_grad():
+            video = comp.vae_decode(latent[None].float())
+        video = video[0] if rank0 and video is not None else None
+        if rank0:
             if trace is not None:
                 trace("video", video.detach().float().cpu())
             timings[Phase.DECODE] = time.perf_counter() - t0
