@@ -83,8 +83,8 @@ class Wan22MGModelLoader(io.ComfyNode):
                 offload, dtype, attention, device, gpu_ids="", weights=None, dit_high_noise=None,
                 dit_low_noise=None, dit=None, text_encoder=None, vae=None, audio_encoder=None) -> io.NodeOutput:
         from wan_core.config import ModelFiles
+        from wan_core.loading.check import check_checkpoint
         from wan_core.memory_plan import check_load
-        from wan_core.pipeline.engine import check_checkpoint
 
         chosen = dict(dit_high_noise=dit_high_noise, dit_low_noise=dit_low_noise, dit=dit,
                       text_encoder=text_encoder, vae=vae, audio_encoder=audio_encoder)

@@ -5,8 +5,8 @@ sampling_nodes) call them, and tests/comfy/test_nodes.py checks them without a s
 """
 from __future__ import annotations
 
-from wan_core.config import (TASKS, AttentionBackend, EngineSpec, GenerateRequest, ModelFiles, OffloadMode,
-                             ParallelConfig, ParamDtype, Solver, Task, WeightsMode)
+from wan_core.config import (TASKS, EngineSpec, GenerateRequest, ModelFacts, ModelFiles, ParallelConfig,
+                             Solver, Task)
 from wan_core.errors import ConfigError, InputError
 
 from .convert import audio_to_comfy, image_to_engine
@@ -32,11 +32,11 @@ def build_spec(task: str, ckpt_dir: str, gpus: int, ulysses_size: int, cfg_paral
                device: str, gpu_ids: str = "", files=None, weights: str = "auto") -> EngineSpec:
     """Widget values -> a validated EngineSpec (ConfigError names the value and the fix).
 
-    The layout is checked as every entry point checks it (`pipeline.parallelize.validate_spec`):
+    The layout is checked as every entry point checks it (`loading.facts.validate_spec`):
     against the head count in the checkpoint's config.json (the official figure when it cannot be
     read) and the offload rules. Here, before any worker starts, and before the registry ends an
     idle group on the same GPUs to make room for a layout that would then fail."""
-    from wan_core.pipeline.parallelize import model_num_heads, validate, validate_spec
+    from wan_core.loading.facts import read_model_facts, validate_spec
 
     task_ = Task.parse(task)
     if device not in ("cuda", "cpu"):
@@ -44,22 +44,21 @@ def build_spec(task: str, ckpt_dir: str, gpus: int, ulysses_size: int, cfg_paral
     parallel = ParallelConfig(num_gpus=int(gpus), gpu_ids=parse_gpu_ids(gpu_ids, int(gpus)),
                               ulysses_size=int(ulysses_size), cfg_parallel=bool(cfg_parallel),
                               dit_fsdp=bool(dit_fsdp), t5_fsdp=bool(t5_fsdp), t5_cpu=bool(t5_cpu),
-                              offload=OffloadMode(offload))
-    spec = EngineSpec(task=task_, ckpt_dir=ckpt_dir, device=device, param_dtype=ParamDtype(dtype),
-                      parallel=parallel, attention=AttentionBackend(attention),
-                      files=files or ModelFiles(), weights=WeightsMode.parse(weights))
+                              offload=offload)
+    spec = EngineSpec(task=task_, ckpt_dir=ckpt_dir, device=device, param_dtype=dtype,
+                      parallel=parallel, attention=attention, files=files or ModelFiles(), weights=weights)
     try:
         validate_spec(spec)
     except ConfigError as exc:
-        official = TASKS[task_]
+        official = ModelFacts.official(task_)
         try:
-            validate(parallel, num_heads=official.num_heads, moe=official.moe)
+            spec.validate(official)
         except ConfigError:
             raise exc from None       # wrong whatever the head count
         # Only this checkpoint's head count refuses the layout, and the widget's tooltip quotes the
         # official figures: say where the other one comes from.
         raise ConfigError(f"{exc} (this checkpoint's config.json has num_heads="
-                          f"{model_num_heads(task_, ckpt_dir, spec.files)}; the official {task_.value} has "
+                          f"{read_model_facts(task_, ckpt_dir, spec.files).num_heads}; the official {task_.value} has "
                           f"{official.num_heads})") from None
     return spec
 

@@ -16,8 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .config import (TASKS, AttentionBackend, EngineSpec, GenerateRequest, GuideScale, ModelFiles, OffloadMode, WeightsMode,
-                     ParallelConfig, ParamDtype, Solver, Task, parse_size)
+from .config import (TASKS, AttentionBackend, EngineSpec, GenerateRequest, GuideScale, ModelFiles, OffloadMode,
+                     ParallelConfig, ParamDtype, Solver, Task, WeightsMode, parse_size, validate_request)
 from .errors import Cancelled, ConfigError, WanEngineError, WorkerFailure
 
 log = logging.getLogger("wan_core.cli")
@@ -474,22 +474,22 @@ class ProgressBars:
 
 def precheck(spec: EngineSpec, request: GenerateRequest):
     """Everything that can be checked without loading weights; returns the RunPlan."""
+    from .loading.check import check_checkpoint
+    from .loading.facts import validate_spec
     from .memory_plan import check_fits
-    from .pipeline.engine import check_checkpoint
-    from .pipeline.parallelize import validate_request, validate_spec
-    from .pipeline.video_tasks import resolve_request
+    from .pipeline.families import pipeline_for
 
-    task = Task.parse(spec.task)
+    task = spec.task
     validate_spec(spec)               # the same checks as WanEngine and EngineClient
     validate_request(spec, request)   # cfg_parallel needs a guidance other than 1
     check_checkpoint(spec.ckpt_dir, task, spec.files)
+    task_spec = TASKS[task]
     if task == Task.S2V_14B:
-        check_fits(spec, request)   # the memory guard (S2V: before the audio is decoded)   # decodes the audio now: a bad file fails before any weight loads
-        from .pipeline.s2v import resolve_s2v_request
-
-        return resolve_s2v_request(request, TASKS[task])
-    plan = resolve_request(task, request, sp_size=spec.parallel.ulysses_size)
-    check_fits(spec, request)       # the memory guard: after the size and frames were validated
+        check_fits(spec, request)   # the memory guard, before the audio is decoded (slow)
+    # The family's plan (S2V decodes and checks the audio: a bad file fails before any weight loads).
+    plan = pipeline_for(task_spec)(task_spec).plan(request, ulysses_size=spec.parallel.ulysses_size)
+    if task != Task.S2V_14B:
+        check_fits(spec, request)   # the memory guard: after the size and frames were validated
     return plan
 
 

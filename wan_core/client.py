@@ -33,7 +33,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
-from .config import EngineSpec, GenerateRequest, GenerateResult
+from .config import EngineSpec, GenerateRequest, GenerateResult, validate_request
+from .memory_plan import check_fits
 from .errors import Cancelled, WorkerFailure
 from .runtime import protocol as P
 from .runtime.group import GroupDied, WorkerGroup
@@ -115,9 +116,6 @@ class EngineClient:
         cannot run (cfg_parallel with a guidance of 1), or whose estimated memory exceeds the
         GPUs' (`memory_plan.check_fits`), raises `ConfigError` before it is sent.
         """
-        from .memory_plan import check_fits
-        from .pipeline.parallelize import validate_request
-
         validate_request(self.spec, request)
         check_fits(self.spec, request)
         with self._job_lock:

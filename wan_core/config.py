@@ -2,16 +2,34 @@
 
 Everything here is plain data (frozen dataclasses and enums) plus `validate()` functions whose
 messages name the offending value and the fix. No torch.distributed, no model code, no ComfyUI.
-Figures come from the official Wan2.2 configs (`wan/configs/*.py`, see docs/wan22_reference.md §1.3).
+Figures come from the official Wan2.2 configs (`wan/configs/*.py` of github.com/Wan-Video/Wan2.2).
 """
 from __future__ import annotations
 
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:   # annotations only: io.audio pulls in the audio decoders
+    from .io.audio import AudioInput
+
+AudioSource = Union[str, "AudioInput", object]
+"""What `GenerateRequest.audio` takes: a file path, an `io.audio.AudioInput`, or any object with
+`waveform` and `sample_rate` (the ComfyUI AUDIO dict's contents)."""
+
+
+def _enum(cls, value, name: str):
+    """`cls(value)` with a ConfigError that lists the choices."""
+    if isinstance(value, cls):
+        return value
+    try:
+        return cls(str(getattr(value, "value", value)).lower())
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of "
+                          f"{', '.join(repr(m.value) for m in cls)}") from None
 
 
 class Task(str, enum.Enum):
@@ -164,6 +182,88 @@ def valid_ulysses_degrees(num_heads: int, max_degree: int = 8) -> list[int]:
     return [d for d in range(1, max_degree + 1) if num_heads % d == 0]
 
 
+# DiT input / latent channels of the official models (config.json `in_dim` / `out_dim`).
+_OFFICIAL_CHANNELS = {Task.T2V_A14B: (16, 16), Task.I2V_A14B: (36, 16), Task.TI2V_5B: (48, 48),
+                      Task.S2V_14B: (16, 16)}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the rules need to know about the model a checkpoint holds.
+
+    Read from the checkpoint by `loading.facts.read_model_facts` (the official figures when the
+    folder cannot be read yet: a missing checkpoint is reported later, by file)."""
+
+    num_heads: int
+    moe: bool
+    in_dim: Optional[int] = None          # DiT input channels (latent + conditioning)
+    latent_channels: Optional[int] = None
+    text_len: int = 512
+    source: str = "official figures"      # where the facts come from (a config.json path)
+
+    @classmethod
+    def official(cls, task: "Task | str") -> "ModelFacts":
+        spec = TASKS[Task.parse(task)]
+        in_dim, out_dim = _OFFICIAL_CHANNELS[spec.task]
+        return cls(num_heads=spec.num_heads, moe=spec.moe, in_dim=in_dim, latent_channels=out_dim)
+
+
+def check_ulysses_size(num_heads: int, ulysses_size: int) -> None:
+    """Ulysses splits the attention heads over its ranks: ulysses_size must divide the head count."""
+    if ulysses_size < 1 or num_heads % ulysses_size:
+        raise ConfigError(
+            f"ulysses_size={ulysses_size} does not divide the model's {num_heads} attention heads; valid "
+            f"degrees: {', '.join(map(str, valid_ulysses_degrees(num_heads)))}")
+
+
+def check_parallel(parallel: "ParallelConfig", facts: ModelFacts) -> None:
+    """The parallel rules that need model facts (the others hold once a ParallelConfig exists).
+
+    The sizes are checked together, heads first: a ulysses_size that divides no head count is the
+    more useful message, and the fix for num_gpus names a ulysses_size that divides them."""
+    check_ulysses_size(facts.num_heads, parallel.ulysses_size)
+    cfg, n = parallel.cfg_degree, parallel.num_gpus
+    if cfg * parallel.ulysses_size != n:
+        hint = (f"use ulysses_size={n // cfg}" if n % cfg == 0 and facts.num_heads % (n // cfg) == 0
+                else "change num_gpus")
+        raise ConfigError(f"num_gpus={n} must equal cfg degree ({cfg}, cfg_parallel={parallel.cfg_parallel}) "
+                          f"x ulysses_size ({parallel.ulysses_size}); {hint}")
+    if parallel.offload == OffloadMode.EXPERTS and not facts.moe:
+        raise ConfigError("offload='experts' keeps the inactive MoE expert in CPU memory, but this task "
+                          "has a single model; use offload='blocks' to stream its blocks instead")
+
+
+def padded_seq_len(seq_len: int, ulysses_size: int) -> int:
+    """The token count rounded up to a multiple of ulysses_size (each rank holds an equal chunk;
+    the padded keys are masked, official text2video.py:259)."""
+    return -(-seq_len // ulysses_size) * ulysses_size
+
+
+def check_cfg_guidance(cfg_parallel: bool, guide: "GuideScale | float") -> None:
+    """cfg_parallel runs cond and uncond on two ranks; at guidance 1 (or NaN) the uncond branch is
+    unused (uncond + 1 * (cond - uncond) == cond), so half the group would compute for nothing."""
+    if not cfg_parallel:
+        return
+    if isinstance(guide, GuideScale):
+        named = [("low-noise", guide.low_noise), ("high-noise", guide.high_noise)]
+    else:
+        named = [("guide", guide)]
+    ones = [f"{name}={float(g):g}" for name, g in named if float(g) == 1.0 or math.isnan(float(g))]
+    if ones:
+        raise ConfigError(
+            f"cfg_parallel needs classifier-free guidance > 1 on every expert, but {', '.join(ones)}: "
+            "at guidance 1 the unconditional branch is not used, so one of the two CFG ranks would "
+            "compute for nothing. Turn cfg_parallel off (use ulysses_size=num_gpus instead), or set "
+            "the guide scale above 1")
+
+
+def check_world_size(parallel: "ParallelConfig", world: int, fix: str = "start one process per GPU") -> None:
+    """The processes that joined a group must be the layout's num_gpus (= cfg degree x ulysses_size)."""
+    if world != parallel.num_gpus or world != parallel.cfg_degree * parallel.ulysses_size:
+        raise ConfigError(f"{world} process(es) joined the group but num_gpus={parallel.num_gpus} "
+                          f"(cfg degree {parallel.cfg_degree} x ulysses_size {parallel.ulysses_size}); {fix}")
+
+
 @dataclass(frozen=True)
 class ParallelConfig:
     """How one video is split across the worker group.
@@ -191,7 +291,16 @@ class ParallelConfig:
     def cfg_degree(self) -> int:
         return 2 if self.cfg_parallel else 1
 
-    def validate(self, num_heads: int) -> None:
+    def __post_init__(self) -> None:
+        # Coerced once here, so no reader converts again (widgets and flags give strings/lists).
+        object.__setattr__(self, "offload", _enum(OffloadMode, self.offload, "offload"))
+        if self.gpu_ids is not None:
+            object.__setattr__(self, "gpu_ids", tuple(int(i) for i in self.gpu_ids))
+        self._check()
+
+    def _check(self) -> None:
+        """The rules that need no model facts. `check_parallel` has the ones that do, and the size
+        equation num_gpus == cfg degree x ulysses_size, checked right after the head count."""
         if self.num_gpus < 1:
             raise ConfigError(f"num_gpus={self.num_gpus}: need at least 1")
         if self.gpu_ids is not None:
@@ -200,17 +309,8 @@ class ParallelConfig:
                                   f"num_gpus={self.num_gpus}; give one id per worker")
             if len(set(self.gpu_ids)) != len(self.gpu_ids):
                 raise ConfigError(f"gpu_ids={list(self.gpu_ids)} repeats a GPU; give each worker its own")
-        if self.ulysses_size < 1 or num_heads % self.ulysses_size:
-            raise ConfigError(
-                f"ulysses_size={self.ulysses_size} does not divide the model's {num_heads} attention "
-                f"heads; valid degrees: {', '.join(map(str, valid_ulysses_degrees(num_heads)))}")
-        if self.cfg_degree * self.ulysses_size != self.num_gpus:
-            hint = (f"use ulysses_size={self.num_gpus // self.cfg_degree}"
-                    if self.num_gpus % self.cfg_degree == 0 and num_heads % (self.num_gpus // self.cfg_degree) == 0
-                    else "change num_gpus")
-            raise ConfigError(
-                f"num_gpus={self.num_gpus} must equal cfg degree ({self.cfg_degree}, cfg_parallel="
-                f"{self.cfg_parallel}) x ulysses_size ({self.ulysses_size}); {hint}")
+        if self.ulysses_size < 1:
+            raise ConfigError(f"ulysses_size={self.ulysses_size}: need at least 1")
         if (self.dit_fsdp or self.t5_fsdp) and self.num_gpus == 1:
             raise ConfigError("dit_fsdp/t5_fsdp shard weights across GPUs and need num_gpus >= 2; "
                               "on one GPU use offload='experts' or 'blocks' instead")
@@ -238,12 +338,7 @@ class WeightsMode(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: "str | WeightsMode") -> "WeightsMode":
-        if isinstance(value, WeightsMode):
-            return value
-        for m in cls:
-            if m.value == str(value).lower():
-                return m
-        raise ConfigError(f"weights={value!r} is not valid; choose one of {', '.join(m.value for m in cls)}")
+        return _enum(cls, value, "weights")
 
 
 @dataclass(frozen=True)
@@ -274,6 +369,18 @@ class EngineSpec:
     attention: AttentionBackend = AttentionBackend.AUTO
     files: ModelFiles = field(default_factory=ModelFiles)
     weights: WeightsMode = WeightsMode.AUTO
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", Task.parse(self.task))
+        object.__setattr__(self, "param_dtype", _enum(ParamDtype, self.param_dtype, "dtype"))
+        object.__setattr__(self, "attention", _enum(AttentionBackend, self.attention, "attention"))
+        object.__setattr__(self, "weights", WeightsMode.parse(self.weights))
+        if not isinstance(self.parallel, ParallelConfig):
+            raise ConfigError(f"EngineSpec.parallel must be a ParallelConfig, got {type(self.parallel).__name__}")
+
+    def validate(self, facts: "ModelFacts") -> None:
+        """Every rule of this spec that needs the model's facts (read by `loading.facts`)."""
+        check_parallel(self.parallel, facts)
 
 
 @dataclass(frozen=True)
@@ -321,11 +428,18 @@ class GenerateRequest:
     solver: Solver = Solver.UNIPC
     seed: int = 42
     image: Optional[object] = None            # float tensor [3, H, W] in [0, 1] (RGB), or None
-    audio: Optional[object] = None            # AudioInput for S2V (defined by the S2V pipeline), or None
-    s2v: Optional[object] = None              # S2VOptions (infer_frames, num_clip, pose video...), or None
+    audio: Optional["AudioSource"] = None     # S2V: a file path, an io.audio.AudioInput, or an object
+                                              # with `waveform` and `sample_rate`; None otherwise
+    s2v: Optional["S2VOptions"] = None        # S2V-only settings, or None (= defaults)
     decode: bool = True                       # False: return the latent only
     switch_step: Optional[int] = None         # MoE switch by step index (None/0: use `boundary`)
     loras: tuple = ()                         # LoraSpec entries, applied in order (loading/lora.py)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "solver", Solver.parse(self.solver))
+        if self.guide_scale is not None:
+            object.__setattr__(self, "guide_scale", GuideScale.parse(self.guide_scale))
+        object.__setattr__(self, "loras", tuple(self.loras or ()))
 
 
 class LoraTarget(str, enum.Enum):
@@ -375,6 +489,22 @@ class LoraSpec:
             raise ConfigError(f"LoRA {self.path}: expert {self.expert!r}; choose "
                               f"{', '.join(t.value for t in LoraTarget)}") from None
         return self
+
+
+@dataclass(frozen=True)
+class S2VOptions:
+    """S2V-only settings of a request (`GenerateRequest.s2v`); official `generate.py` flags."""
+
+    infer_frames: int = 80
+    """Frames per clip, a multiple of 4 (--infer_frames)."""
+    num_clip: Optional[int] = None
+    """Clips to make; None = as many as the audio allows (--num_clip; can only lower that)."""
+    pose_video: Optional[str] = None
+    """Pose (DW-pose) video that drives the body; needs infer_frames * clips frames at 16 fps."""
+    start_from_ref: bool = False
+    """The reference image becomes the first frames (official init_first_frame)."""
+    trim_to_audio: bool = True
+    """Cut the video where the audio ends (frames past it were driven by zero audio padding)."""
 
 
 @dataclass
@@ -432,3 +562,12 @@ def parse_size(text: str) -> tuple[int, int]:
             except ValueError:
                 break
     raise ConfigError(f"size {text!r} is not WIDTH*HEIGHT (for example 1280*720)")
+
+
+def validate_request(spec: EngineSpec, request: GenerateRequest) -> None:
+    """The per-request rules of a layout, before a request reaches a worker: cfg_parallel needs a
+    guidance other than 1 (the request's, or the task's official one when it leaves it unset)."""
+    guide = request.guide_scale
+    if guide is None:
+        guide = GuideScale(*TASKS[spec.task].guide_scale)
+    check_cfg_guidance(spec.parallel.cfg_parallel, guide)

@@ -206,8 +206,8 @@ class PlanOptions:
 
 
 def _spec_and_request(opts: PlanOptions, cuda: bool, visible: int):
-    from .config import (TASKS, EngineSpec, GenerateRequest, GuideScale, OffloadMode, ParallelConfig,
-                         ParamDtype, Task, parse_size)
+    from .config import (TASKS, EngineSpec, GenerateRequest, GuideScale, ModelFacts, OffloadMode,
+                         ParallelConfig, ParamDtype, Task, check_parallel, parse_size)
 
     task = Task.parse(opts.task)
     n = opts.gpus or (len(opts.gpu_ids) if opts.gpu_ids else (max(1, visible) if cuda else 1))
@@ -219,7 +219,7 @@ def _spec_and_request(opts: PlanOptions, cuda: bool, visible: int):
         offload = OffloadMode.EXPERTS if (n == 1 and TASKS[task].moe and not opts.dit_fsdp) else OffloadMode.NONE
     par = ParallelConfig(num_gpus=n, gpu_ids=opts.gpu_ids, ulysses_size=ulysses, cfg_parallel=opts.cfg_parallel,
                          dit_fsdp=opts.dit_fsdp, t5_fsdp=opts.t5_fsdp, t5_cpu=opts.t5_cpu, offload=offload)
-    par.validate(TASKS[task].num_heads)
+    check_parallel(par, ModelFacts.official(task))
     dtype = ParamDtype.BF16 if opts.dtype == "fp8" else ParamDtype(opts.dtype)
     # Planned for CUDA GPUs even where there is none (a user sizing a machine): only the check
     # against real GPU memory needs one.

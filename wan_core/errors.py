@@ -6,8 +6,6 @@ the ComfyUI nodes print the message without a traceback; anything else is a bug 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 
 class WanEngineError(Exception):
     """Base class of every error the engine raises on purpose."""
@@ -31,14 +29,6 @@ class Cancelled(WanEngineError):
     def __init__(self, step: int | None = None) -> None:
         self.step = step
         super().__init__(f"cancelled at step {step}" if step is not None else "cancelled")
-
-
-@dataclass
-class WorkerFailureInfo:
-    rank: int
-    exc_type: str
-    message: str
-    traceback: str
 
 
 class WorkerFailure(WanEngineError):

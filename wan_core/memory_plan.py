@@ -1,7 +1,7 @@
 """The memory plan: estimated peak memory per GPU (and host RAM, /dev/shm) for one request.
 
 One estimator, used by `doctor` (printed, or JSON with `--json`), by the memory guard that refuses
-a request before any work (`check_fits`, called from `pipeline.parallelize.validate_request` and the
+a request before any work (`check_fits`, called from `EngineClient.generate`, the CLI's precheck and the
 loader node), and by anyone who wants to compare a layout (`suggest`).
 
 How the figures are built (docs/memory.md has the table and the measured comparison):

@@ -1,6 +1,6 @@
 """The persistent worker group on CPU (gloo ranks), with the tiny T2V checkpoint.
 
-Covers docs/runtime.md §9 #14: 2 ranks == 1 rank in-process, cancel then reuse, a worker killed
+Covers: 2 ranks == 1 rank in-process, cancel then reuse, a worker killed
 mid-run, a broken checkpoint at start, two groups at once, the client killed, torchrun.
 """
 from __future__ import annotations

@@ -7,11 +7,9 @@ bit-identical: nothing is computed differently, only made resident.
 """
 from __future__ import annotations
 
-import pytest
 import torch
 
-from wan_core.config import GuideScale, OffloadMode, ParallelConfig
-from wan_core.errors import ConfigError
+from wan_core.config import GuideScale
 
 H, L = "high_noise_model", "low_noise_model"
 
@@ -116,20 +114,3 @@ def test_expert_offload_denoise_identical_and_one_expert_at_a_time(tiny_dir):
     assert off2.trace == [("load", hi), ("unload", hi), ("load", lo)]
     off2.release()
     assert off2.resident() == []
-
-
-def test_offload_refusals():
-    from wan_core.distributed.offload import validate_offload
-    from wan_core.pipeline.parallelize import validate
-
-    validate_offload(OffloadMode.EXPERTS, moe=True)
-    validate_offload(OffloadMode.BLOCKS, moe=False)
-    with pytest.raises(ConfigError, match="single model; use offload='blocks'"):
-        validate_offload(OffloadMode.EXPERTS, moe=False)
-    with pytest.raises(ConfigError, match="cannot be combined with dit_fsdp"):
-        validate(ParallelConfig(num_gpus=2, ulysses_size=2, dit_fsdp=True, offload=OffloadMode.BLOCKS),
-                 num_heads=40, moe=True)
-    with pytest.raises(ConfigError, match="single model"):
-        validate(ParallelConfig(offload=OffloadMode.EXPERTS), num_heads=24, moe=False)
-    with pytest.raises(ConfigError, match="valid degrees: 1, 2, 3, 4, 6, 8"):
-        validate(ParallelConfig(num_gpus=5, ulysses_size=5), num_heads=24, moe=False)

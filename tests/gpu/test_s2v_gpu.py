@@ -68,7 +68,7 @@ def _wav_samples(path) -> np.ndarray:
 
 
 def test_wav2vec2_cuda(tiny_dir, golden):
-    from wan_core.models.wav2vec2 import load_wav2vec2
+    from wan_core.loading.wav2vec2 import load_wav2vec2
     from wan_core.pipeline.s2v_audio import extract_features
 
     enc = load_wav2vec2(tiny_dir / "ckpt" / "s2v-14B" / "wav2vec2-large-xlsr-53-english", device="cuda")

@@ -30,10 +30,10 @@ class ThreadSharding:
     """`model.token_sharding` for one thread rank: contiguous chunks, gathered by concatenation."""
 
     def __init__(self, group: ThreadGroup, rank: int) -> None:
-        self.group, self.rank, self.degree = group, rank, group.world
+        self.group, self.rank, self.ulysses_size = group, rank, group.world
 
     def split(self, t: torch.Tensor, dim: int) -> torch.Tensor:
-        return torch.chunk(t, self.degree, dim=dim)[self.rank]
+        return torch.chunk(t, self.ulysses_size, dim=dim)[self.rank]
 
     def gather(self, t: torch.Tensor, dim: int) -> torch.Tensor:
         return torch.cat(self.group.exchange(self.rank, t), dim=dim)

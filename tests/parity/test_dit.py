@@ -137,14 +137,14 @@ def test_per_sample_modulation_is_not_expanded(golden, model_of):
 class _OnePieceSharding:
     """Degree-1 token sharding: split = chunk into 1 piece, gather = cat of 1 piece. Records calls."""
 
-    degree = 1
+    ulysses_size = 1
 
     def __init__(self):
         self.calls = []
 
     def split(self, t, dim):
         self.calls.append(("split", tuple(t.shape), dim))
-        return torch.chunk(t, self.degree, dim=dim)[0]
+        return torch.chunk(t, self.ulysses_size, dim=dim)[0]
 
     def gather(self, t, dim):
         self.calls.append(("gather", tuple(t.shape), dim))

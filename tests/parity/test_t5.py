@@ -110,7 +110,7 @@ def test_raw_bf16(golden, encoder):
 
 def test_loaded_on_meta_without_fp32_copy(shared_ckpt, monkeypatch):
     """The module is built on the meta device and every weight lands directly in the asked dtype."""
-    import wan_core.pipeline.text as text
+    import wan_core.loading.t5 as text
 
     built_on = []
 
@@ -168,7 +168,7 @@ def test_missing_files_are_named(tmp_path, shared_ckpt):
 
 def test_wrong_state_dict_is_reported(tmp_path):
     from wan_core.errors import CheckpointError
-    from wan_core.pipeline.text import load_t5_encoder
+    from wan_core.loading.t5 import load_t5_encoder
 
     path = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
     torch.save({"weight": torch.zeros(300, 4)}, path)

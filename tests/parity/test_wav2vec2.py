@@ -26,7 +26,7 @@ def w2v_dir(tiny_dir):
 
 @pytest.fixture(scope="module")
 def encoder(w2v_dir):
-    from wan_core.models.wav2vec2 import load_wav2vec2
+    from wan_core.loading.wav2vec2 import load_wav2vec2
 
     return load_wav2vec2(w2v_dir)
 
@@ -79,7 +79,7 @@ def test_bin_with_old_weight_norm_names(w2v_dir, tmp_path, encoder, tiny_dir, go
 
     from safetensors.torch import load_file
 
-    from wan_core.models.wav2vec2 import load_wav2vec2
+    from wan_core.loading.wav2vec2 import load_wav2vec2
 
     state = load_file(str(w2v_dir / "model.safetensors"))
     p = "wav2vec2.encoder.pos_conv_embed.conv."
@@ -99,7 +99,7 @@ def test_checkpoint_errors(w2v_dir, tmp_path):
     import shutil
 
     from wan_core.errors import CheckpointError
-    from wan_core.models.wav2vec2 import load_wav2vec2
+    from wan_core.loading.wav2vec2 import load_wav2vec2
 
     with pytest.raises(CheckpointError, match="does not exist"):
         load_wav2vec2(tmp_path / "absent")

@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
-from wan_core.config import (TASKS, GenerateRequest, GuideScale, NEG_PROMPT_DEFAULT, OffloadMode,
-                             ParallelConfig, Solver, Task, check_frame_num, check_sampling, check_size,
-                             parse_size)
+from wan_core.config import (TASKS, GenerateRequest, GuideScale, ModelFacts, NEG_PROMPT_DEFAULT,
+                             OffloadMode, ParallelConfig, Solver, Task, check_cfg_guidance,
+                             check_frame_num, check_parallel, check_sampling, check_size,
+                             check_ulysses_size, parse_size)
 from wan_core.errors import ConfigError, InputError
 from wan_core.pipeline.conditioning import (best_output_size, i2v_mask, i2v_size, prepare_i2v_image,
                                             prepare_ti2v_image, token_timesteps)
@@ -63,14 +64,50 @@ def test_guide_scale_parse():
         GuideScale.parse("high")
 
 
+A14B = ModelFacts(num_heads=40, moe=True)
+
+
 def test_parallel_validation_names_values():
     with pytest.raises(ConfigError, match="ulysses_size=3 does not divide the model's 40 .*1, 2, 4, 5, 8"):
-        ParallelConfig(num_gpus=3, ulysses_size=3).validate(40)
+        check_parallel(ParallelConfig(num_gpus=3, ulysses_size=3), A14B)
     with pytest.raises(ConfigError, match="num_gpus=4 must equal"):
-        ParallelConfig(num_gpus=4, ulysses_size=2).validate(40)
+        check_parallel(ParallelConfig(num_gpus=4, ulysses_size=2), A14B)
     with pytest.raises(ConfigError, match="need num_gpus >= 2"):
-        ParallelConfig(dit_fsdp=True).validate(40)
-    ParallelConfig(num_gpus=4, ulysses_size=2, cfg_parallel=True).validate(40)
+        check_parallel(ParallelConfig(dit_fsdp=True), A14B)
+    check_parallel(ParallelConfig(num_gpus=4, ulysses_size=2, cfg_parallel=True), A14B)
+
+
+# Moved from tests/distributed (test_strategies.py, test_strategy_offload.py) with the rules, which
+# now live in config.py alone.
+def test_ulysses_refuses_heads_not_divisible():
+    with pytest.raises(ConfigError, match=r"ulysses_size=4 .* 2 attention heads; valid degrees: 1, 2"):
+        check_ulysses_size(2, 4)
+    with pytest.raises(ConfigError, match="valid degrees: 1, 2, 4, 5, 8"):
+        check_ulysses_size(40, 3)
+
+
+def test_cfg_parallel_refuses_guidance_one():
+    check_cfg_guidance(True, GuideScale(3.0, 4.0))
+    check_cfg_guidance(False, GuideScale(1.0, 1.0))
+    with pytest.raises(ConfigError, match=r"cfg_parallel needs .* guidance > 1 .* low-noise=1"):
+        check_cfg_guidance(True, GuideScale(1.0, 4.0))
+    with pytest.raises(ConfigError, match="guide=1"):
+        check_cfg_guidance(True, 1.0)
+
+
+def test_offload_refusals():
+    single = ModelFacts(num_heads=24, moe=False)
+    check_parallel(ParallelConfig(offload=OffloadMode.EXPERTS), A14B)
+    check_parallel(ParallelConfig(offload=OffloadMode.BLOCKS), single)
+    with pytest.raises(ConfigError, match="single model; use offload='blocks'"):
+        check_parallel(ParallelConfig(offload=OffloadMode.EXPERTS), single)
+    with pytest.raises(ConfigError, match="cannot be combined with dit_fsdp"):
+        check_parallel(ParallelConfig(num_gpus=2, ulysses_size=2, dit_fsdp=True, offload=OffloadMode.BLOCKS),
+                       A14B)
+    with pytest.raises(ConfigError, match="single model"):
+        check_parallel(ParallelConfig(offload=OffloadMode.EXPERTS), single)
+    with pytest.raises(ConfigError, match="valid degrees: 1, 2, 3, 4, 6, 8"):
+        check_parallel(ParallelConfig(num_gpus=5, ulysses_size=5), single)
 
 
 # -- request resolution -----------------------------------------------------------------------
@@ -82,7 +119,7 @@ def test_t2v_defaults_are_official():
     assert (plan.steps, plan.shift, plan.solver) == (40, 12.0, Solver.UNIPC)
     assert plan.schedule == ExpertSchedule(GuideScale(3.0, 4.0), 0.875)
     assert plan.latent_shape == (16, 21, 90, 160)
-    assert plan.seq_len == 75600                       # docs/wan22_reference.md §2.5
+    assert plan.seq_len == 75600                       # official text2video.py: seq_len = tokens
     assert plan.neg_prompt == NEG_PROMPT_DEFAULT and plan.warnings == ()
 
 
@@ -100,7 +137,7 @@ def test_default_negative_prompt_for_none_and_empty():
     (Task.T2V_A14B, (64, 48), 5, 5, 25),
 ])
 def test_seq_len(task, size, frames, sp, seq_len):
-    plan = resolve_request(task, GenerateRequest(prompt="p", size=size, frame_num=frames), sp_size=sp)
+    plan = resolve_request(task, GenerateRequest(prompt="p", size=size, frame_num=frames), ulysses_size=sp)
     assert plan.seq_len == seq_len and plan.seq_len % sp == 0
 
 

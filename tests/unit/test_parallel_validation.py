@@ -1,6 +1,6 @@
 """Impossible parallel layouts are a ConfigError at every entry point, before any heavy work.
 
-Entry points: `pipeline.parallelize.validate_spec` (the rule set), `WanEngine` (in-process),
+Entry points: `loading.facts.validate_spec` (the rule set), `WanEngine` (in-process),
 `EngineClient` (before it creates a folder, a store or a worker process), the CLI's `precheck`
 and the CLI itself. Head counts come from the checkpoint's config.json when there is one (the
 folders written here hold only that file, with the real models' head counts), else from the task's
@@ -21,7 +21,8 @@ import torch
 from wan_core import (ConfigError, EngineSpec, GenerateRequest, GuideScale, OffloadMode,
                       ParallelConfig, ParamDtype, Task)
 from wan_core.client import EngineClient
-from wan_core.pipeline.parallelize import model_num_heads, validate_request, validate_spec
+from wan_core.config import validate_request
+from wan_core.loading.facts import read_model_facts, validate_spec
 from wan_core.runtime.processes import check_gpus_visible, check_start
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,7 +131,7 @@ def test_ulysses_5_on_5_gpus_accepted_for_40_heads(ckpts, tmp_path, task):
     """Issue 6: 40 heads split 8 per rank on 5 ranks. Accepted by the rules and by the client's
     pre-start check (device cpu: no GPU count to check)."""
     ckpt = ckpts.get(task, tmp_path / "missing")   # s2v: no folder, the official 40 heads
-    assert model_num_heads(task, str(ckpt)) == 40
+    assert read_model_facts(task, str(ckpt)).num_heads == 40
     spec = _spec(ckpt, task, num_gpus=5, ulysses_size=5)
     validate_spec(spec)
     check_start(spec)
@@ -139,14 +140,14 @@ def test_ulysses_5_on_5_gpus_accepted_for_40_heads(ckpts, tmp_path, task):
 def test_heads_come_from_the_checkpoint(tmp_path):
     """A checkpoint's own head count wins over the official one (tiny test models, fine-tunes)."""
     ckpt = _config_only_ckpt(tmp_path, Task.T2V_A14B, 2)
-    assert model_num_heads(Task.T2V_A14B, str(ckpt)) == 2
+    assert read_model_facts(Task.T2V_A14B, str(ckpt)).num_heads == 2
     with pytest.raises(ConfigError, match="2 attention heads; valid degrees: 1, 2$"):
         validate_spec(_spec(ckpt, Task.T2V_A14B, num_gpus=4, ulysses_size=4))
     (ckpt / "high_noise_model" / "config.json").write_text(json.dumps({"num_heads": "forty"}))
     from wan_core.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="num_heads='forty'"):
-        model_num_heads(Task.T2V_A14B, str(ckpt))
+        read_model_facts(Task.T2V_A14B, str(ckpt)).num_heads
 
 
 # -- request time: cfg_parallel with guidance 1 -----------------------------------------------------

@@ -95,7 +95,7 @@ def test_umt5_file_and_its_tokenizer(files, encoding):
     assert set(sd) == set(eff) and all(torch.equal(sd[k], v) for k, v in eff.items())
     tok, where = comp.file_tokenizer(path, text_len=32)
     assert "spiece_model" in where
-    from wan_core.models.tokenizer import PromptTokenizer
+    from wan_core.loading.tokenizer import PromptTokenizer
 
     ref = PromptTokenizer(ckpt / "shared" / "google" / "umt5-xxl", 32)
     prompts = ["A cat walks  in the park, at noon!", "二只猫 & ünïcode &amp; 123", ""]
@@ -131,7 +131,7 @@ def test_wav2vec2_file_matches_the_folder(files):
     folder = ckpt / "s2v-14B" / "wav2vec2-large-xlsr-53-english"
     path = out / "w2v.safetensors"
     cf.write_wav2vec2(folder, path, "fp32")
-    from wan_core.models.wav2vec2 import load_wav2vec2
+    from wan_core.loading.wav2vec2 import load_wav2vec2
 
     a, b = comp.load_wav2vec2_file(path), load_wav2vec2(folder)
     assert a.cfg == b.cfg

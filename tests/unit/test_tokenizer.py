@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from wan_core.models.tokenizer import PromptTokenizer, clean_prompt
+from wan_core.loading.tokenizer import PromptTokenizer, clean_prompt
 
 
 @pytest.mark.parametrize("raw,clean", [

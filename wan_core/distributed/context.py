@@ -1,10 +1,10 @@
 """`DistContext`: who this process is in the worker group, and the groups it talks on.
 
-The pipeline and the strategies receive one explicitly (no module-level state, style.md A3).
+The pipeline and the strategies receive one explicitly (no module-level state).
 `DistContext.single(device)` is the one-process case and never touches torch.distributed, so the
 in-process engine and the unit tests need no process group.
 
-Groups (runtime.md §2.2, §4): `world` (NCCL on GPUs, gloo on CPU), `ulysses` (a contiguous block of
+Groups: `world` (NCCL on GPUs, gloo on CPU), `ulysses` (a contiguous block of
 ranks per CFG half), `cfg` (the two ranks at the same Ulysses position), and `control`, a gloo group
 over the world for CPU-side decisions (the stop flag, small objects) that never syncs a CUDA stream.
 """
@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..config import check_world_size
 from .mesh import RankLayout, fsdp_mesh
 
 
@@ -47,17 +48,12 @@ class DistContext:
 
         Collective: every rank must call it, in the same order relative to other group creations.
         """
-        import torch.distributed as dist
-
         if not dist.is_initialized():
             raise RuntimeError("DistContext.from_initialized needs torch.distributed.init_process_group first; "
                                "use DistContext.single(device) for one process")
         world, rank = dist.get_world_size(), dist.get_rank()
+        check_world_size(parallel, world, fix=f"start num_gpus={parallel.num_gpus} workers")
         layout = RankLayout(parallel.cfg_degree, parallel.ulysses_size)
-        if layout.world_size != world:
-            raise ConfigError(
-                f"the process group has {world} ranks but cfg degree {layout.cfg_size} x ulysses_size "
-                f"{layout.ulysses_size} = {layout.world_size}; start num_gpus={layout.world_size} workers")
         cfg_rank, uly_rank = layout.coords(rank)
         # new_subgroups_by_enumeration creates every subgroup on every rank (collective) and returns
         # the caller's own.
@@ -79,10 +75,6 @@ class DistContext:
         return self.world_size > 1 or self.world_group is not None
 
     @property
-    def is_rank0(self) -> bool:
-        return self.rank == 0
-
-    @property
     def fsdp_mesh(self):
         """1-D DeviceMesh over the world for FSDP2 (built once, reusing the world group)."""
         if not self.distributed:
@@ -94,15 +86,13 @@ class DistContext:
     # -- collectives on the control (gloo) group ---------------------------------------------
 
     def agree_stop(self, flag: bool) -> bool:
-        """Rank 0's `flag`, on every rank, at the same call (1-int broadcast; runtime.md §4).
+        """Rank 0's `flag`, on every rank, at the same call (1-int broadcast).
 
         Every rank must call it at the same points (step boundaries); the other ranks' flags are
         ignored by design: rank 0 alone receives the user's cancel.
         """
         if not self.distributed:
             return bool(flag)
-        import torch.distributed as dist
-
         t = torch.tensor([1 if (self.rank == 0 and flag) else 0], dtype=torch.int32)
         dist.broadcast(t, src=0, group=self.control_group)
         return bool(t.item())
@@ -111,8 +101,6 @@ class DistContext:
         """Rank 0's picklable `obj` on every rank (the others' argument is ignored)."""
         if not self.distributed:
             return obj
-        import torch.distributed as dist
-
         box = [obj if self.rank == 0 else None]
         dist.broadcast_object_list(box, src=0, group=self.control_group)
         return box[0]
@@ -120,8 +108,6 @@ class DistContext:
     def barrier(self) -> None:
         if not self.distributed:
             return
-        import torch.distributed as dist
-
         dist.barrier(group=self.control_group)
 
 

@@ -1,4 +1,4 @@
-"""FSDP2 weight sharding for inference (runtime.md §5; torchtitan `apply_fsdp` shape).
+"""FSDP2 weight sharding for inference (torchtitan `apply_fsdp` shape).
 
 - `apply_fsdp(model, mesh)`: `fully_shard` per transformer block (`reshard_after_forward=True`:
   memory is why we shard), then the root (`False`: embeddings and head are needed at the start and
@@ -9,11 +9,11 @@
   never casting forward inputs: the DiT keeps its residual stream and modulation in float32.
 - Rank-local loading: build on the meta device, `apply_fsdp`, `to_empty(device)`, then
   `load_sharded` copies only this rank's rows of each tensor from the checkpoint (`get_slice` on
-  mmap'd safetensors), so host RAM never holds N full copies (runtime.md §5.4). `ReadCounter` wraps a
+  mmap'd safetensors), so host RAM never holds N full copies. `ReadCounter` wraps a
   source and counts what was read (a test proves the MoE switch under FSDP reads nothing).
 - Both MoE experts are sharded on the same mesh and stay resident (each rank holds 1/N of both).
 
-Run under `torch.no_grad()`, never `torch.inference_mode()` (runtime.md §5.3: a first forward in
+Run under `torch.no_grad()`, never `torch.inference_mode()` (a first forward in
 inference mode breaks every later no_grad forward of an FSDP2 module).
 """
 from __future__ import annotations

@@ -25,8 +25,6 @@ from typing import Hashable, Iterable, Mapping, Optional
 import torch
 import torch.nn as nn
 
-from ..config import OffloadMode
-from ..errors import ConfigError
 
 log = logging.getLogger("wan_core.offload")
 
@@ -242,16 +240,4 @@ def apply_block_offload(model: nn.Module, device: "str | torch.device", *, prefe
     return offloader
 
 
-def validate_offload(mode: OffloadMode, *, moe: bool, dit_fsdp: bool = False) -> None:
-    """Combinations the offload modes cannot serve, with the fix (ParallelConfig.validate covers
-    the rest: fsdp + offload)."""
-    mode = OffloadMode(mode)
-    if mode == OffloadMode.EXPERTS and not moe:
-        raise ConfigError("offload='experts' keeps the inactive MoE expert in CPU memory, but this task "
-                          "has a single model; use offload='blocks' to stream its blocks instead")
-    if mode != OffloadMode.NONE and dit_fsdp:
-        raise ConfigError(f"offload={mode.value!r} cannot be combined with dit_fsdp: FSDP already keeps "
-                          "1/N of each expert per GPU; turn one of them off")
-
-
-__all__ = ["WeightSlot", "ExpertOffloader", "BlockOffloader", "apply_block_offload", "validate_offload"]
+__all__ = ["WeightSlot", "ExpertOffloader", "BlockOffloader", "apply_block_offload"]

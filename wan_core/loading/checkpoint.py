@@ -26,6 +26,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
+from ..models.dit import DiTConfig, WanModel
+from ..models.s2v import S2VConfig, WanModelS2V
+from .transforms import cast_tensor
 from .detect import DIT_LAYOUT, INDEX_NAME, SINGLE_NAME, DiTVariant, detect_variant, read_config
 from .paths import broken_link, describe_missing
 
@@ -196,7 +199,7 @@ class TensorSource:
             t = self._tensors[key]
         else:
             raise CheckpointError(f"{self.name}: tensor {key!r} is not in the checkpoint")
-        return _convert(t, dtype, device)
+        return cast_tensor(t, dtype, device)
 
     def get_slice(self, key: str, dim: int, start: int, stop: int,
                   dtype: Optional[torch.dtype] = None,
@@ -210,7 +213,7 @@ class TensorSource:
             t = sl[index]
         else:
             t = self._tensors[key].narrow(dim, start, max(0, min(stop, self._tensors[key].shape[dim]) - start))
-        return _convert(t, dtype, device)
+        return cast_tensor(t, dtype, device)
 
     def close(self) -> None:
         self._handles.clear()
@@ -223,15 +226,6 @@ class TensorSource:
 
     def __repr__(self) -> str:
         return f"TensorSource({self.name!r}, {len(self)} tensors)"
-
-
-def _convert(t: torch.Tensor, dtype: Optional[torch.dtype], device) -> torch.Tensor:
-    if dtype is not None and not t.is_floating_point():
-        dtype = None
-    if device is not None and torch.device(device).type != "cpu":
-        # Move first, convert on the device (faster than converting on the CPU).
-        return t.to(device=device).to(dtype=dtype or t.dtype)
-    return t.to(dtype=dtype) if dtype is not None else t
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,17 +314,19 @@ def dit_on_meta(folder: PathLike, *, s2v: bool = False,
         if s2v and not variant.is_s2v:
             raise CheckpointError(f"{folder} holds a {variant.model_type} WanModel, not an S2V model "
                                   "(WanModel_S2V); use it with its own task")
-        if s2v:
-            from ..models.s2v import S2VConfig as config_cls, WanModelS2V as model_cls
-        else:
-            from ..models.dit import DiTConfig as config_cls, WanModel as model_cls
-        try:
-            cfg = config_cls.from_dict(cfg_dict)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{folder / 'config.json'}: {exc}") from None
-        with torch.device("meta"):
-            model = model_cls(cfg, kernel=kernel)
-        yield model, source, variant
+        yield dit_from_config(cfg_dict, s2v=s2v, kernel=kernel, where=folder / "config.json"), source, variant
+
+
+def dit_from_config(cfg_dict: dict, *, s2v: bool, kernel=None, where: PathLike = "config.json") -> nn.Module:
+    """`WanModel` (or `WanModelS2V`) built on the meta device from a config.json-style dict
+    (an official folder's file, or what a single file's shapes imply)."""
+    config_cls, model_cls = (S2VConfig, WanModelS2V) if s2v else (DiTConfig, WanModel)
+    try:
+        cfg = config_cls.from_dict(cfg_dict)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    with torch.device("meta"):
+        return model_cls(cfg, kernel=kernel)
 
 
 def load_dit(folder: PathLike, dtype: torch.dtype = torch.bfloat16,
@@ -372,4 +368,5 @@ def load_pth(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> 
     return obj
 
 
-__all__ = ["TensorSource", "materialize", "check_keys", "dit_on_meta", "load_dit", "load_pth"]
+__all__ = ["TensorSource", "materialize", "check_keys", "dit_on_meta", "dit_from_config", "load_dit",
+           "load_pth"]

@@ -28,9 +28,10 @@ import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError
-from .checkpoint import materialize
+from .checkpoint import dit_from_config, materialize
 from .detect import DiTVariant, detect_variant
 from .single_file import FileInfo, SingleFileSource, inspect_file
+from .tokenizer import PromptTokenizer
 
 log = logging.getLogger("wan_core.loading")
 PathLike = Union[str, Path]
@@ -54,17 +55,7 @@ def dit_file_on_meta(path: PathLike, *, s2v: bool = False,
             raise CheckpointError(
                 f"{path} holds {'an S2V' if variant.is_s2v else f'a {variant.model_type}'} model; "
                 f"{'use it with task s2v-14B' if variant.is_s2v else 'task s2v-14B needs the S2V model file (wan2.2_s2v_14B_*.safetensors)'}")
-        if s2v:
-            from ..models.s2v import S2VConfig as config_cls, WanModelS2V as model_cls
-        else:
-            from ..models.dit import DiTConfig as config_cls, WanModel as model_cls
-        try:
-            cfg = config_cls.from_dict(cfg_dict)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-        with torch.device("meta"):
-            model = model_cls(cfg, kernel=kernel)
-        yield model, source, variant
+        yield dit_from_config(cfg_dict, s2v=s2v, kernel=kernel, where=path), source, variant
 
 
 def load_dit_file(path: PathLike, dtype: Optional[torch.dtype] = torch.bfloat16,
@@ -121,18 +112,7 @@ def file_tokenizer(path: PathLike, text_len: int, fallback_dir: Optional[PathLik
 
 def _tokenizer(tok, text_len: int, where: str):
     """A `PromptTokenizer` around an already built `tokenizers.Tokenizer`."""
-    from ..models import tokenizer as tk
-
-    pad_id = tok.token_to_id(tk.PAD_TOKEN)
-    if pad_id is None:
-        raise CheckpointError(f"tokenizer of {where} has no {tk.PAD_TOKEN} token; is it a umT5 tokenizer?")
-    tok.enable_truncation(max_length=text_len)
-    tok.enable_padding(length=text_len, pad_id=pad_id, pad_token=tk.PAD_TOKEN)
-    obj = tk.PromptTokenizer.__new__(tk.PromptTokenizer)
-    obj.text_len, obj.clean, obj.pad_id = text_len, True, pad_id
-    obj.vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    obj._tok = tok
-    return obj
+    return PromptTokenizer.wrap(tok, text_len, where)
 
 
 # -- VAE -----------------------------------------------------------------------------------------
@@ -186,7 +166,8 @@ def load_wav2vec2_file(path: PathLike, device: Union[str, torch.device] = "cpu",
                        dtype: torch.dtype = torch.float32):
     """ComfyUI's `wav2vec2_large_english_fp16.safetensors` as the S2V audio encoder (fp32 by default,
     the official precision)."""
-    from ..models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder, convert_state_dict
+    from ..models.wav2vec2 import Wav2Vec2Config, Wav2Vec2Encoder
+    from .wav2vec2 import convert_state_dict
 
     path = Path(path)
     info = inspect_file(path, expect="audio_encoder")

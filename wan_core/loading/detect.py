@@ -2,7 +2,7 @@
 state-dict key names. Never from channel counts: an i2v and a t2v expert differ only in `in_dim`,
 which the config states, and guessing from shapes would silently mis-load a fine-tune.
 
-Official layouts (docs/wan22_reference.md §1.4):
+Official layouts (Hugging Face repos Wan-AI/Wan2.2-*):
   Wan2.2-T2V-A14B/, Wan2.2-I2V-A14B/   high_noise_model/ and low_noise_model/, each a DiT folder
   Wan2.2-TI2V-5B/, Wan2.2-S2V-14B/     the DiT folder is the checkpoint folder itself
 A DiT folder holds config.json + diffusion_pytorch_model.safetensors.index.json + the shards it names

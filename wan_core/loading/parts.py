@@ -17,12 +17,10 @@ from typing import Optional, Union
 from ..config import TASKS, ModelFiles, Task
 from ..errors import CheckpointError, ConfigError
 from .single_file import FileInfo, inspect_file
+from .t5 import T5_CHECKPOINT, TOKENIZER_SUBDIR
 
 PathLike = Union[str, Path]
 
-# The official folder's T5 files (the same names as the T5 reader's).
-T5_CHECKPOINT = "models_t5_umt5-xxl-enc-bf16.pth"
-TOKENIZER_SUBDIR = Path("google") / "umt5-xxl"
 
 _EXPECTED_TYPE = {Task.T2V_A14B: ("t2v", 16), Task.I2V_A14B: ("i2v", 36), Task.TI2V_5B: ("ti2v", 48),
                   Task.S2V_14B: ("s2v", 16)}

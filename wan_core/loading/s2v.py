@@ -16,6 +16,7 @@ from typing import Union
 import torch
 
 from .checkpoint import load_dit
+from .wav2vec2 import FOLDER_NAME, load_wav2vec2
 
 
 def load_s2v_dit(folder: Union[str, Path], dtype: torch.dtype = torch.bfloat16,
@@ -27,8 +28,6 @@ def load_s2v_dit(folder: Union[str, Path], dtype: torch.dtype = torch.bfloat16,
 def load_s2v_audio_encoder(ckpt_dir: Union[str, Path], device: Union[str, torch.device] = "cpu",
                            dtype: torch.dtype = torch.float32):
     """The wav2vec2 encoder of an S2V checkpoint folder (`<ckpt_dir>/wav2vec2-large-xlsr-53-english`)."""
-    from ..models.wav2vec2 import FOLDER_NAME, load_wav2vec2
-
     return load_wav2vec2(Path(ckpt_dir) / FOLDER_NAME, device=device, dtype=dtype)
 
 

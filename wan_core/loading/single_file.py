@@ -35,7 +35,8 @@ from typing import Optional, Union
 import torch
 
 from ..errors import CheckpointError
-from .checkpoint import TensorSource, _convert
+from .checkpoint import TensorSource
+from .transforms import cast_tensor
 
 PathLike = Union[str, Path]
 
@@ -461,14 +462,14 @@ class SingleFileSource(TensorSource):
         return self._read(key), self.scale_of(key)
 
     def get(self, key: str, dtype: Optional[torch.dtype] = None, device=None) -> torch.Tensor:
-        return _convert(self._dequant(key, self._read(key)), dtype, device)
+        return cast_tensor(self._dequant(key, self._read(key)), dtype, device)
 
     def get_slice(self, key: str, dim: int, start: int, stop: int, dtype: Optional[torch.dtype] = None,
                   device=None) -> torch.Tensor:
         ndim = len(self.shape(key))
         dim = dim % ndim
         index = tuple([slice(None)] * dim + [slice(start, stop)])
-        return _convert(self._dequant(key, self._read(key, index)), dtype, device)
+        return cast_tensor(self._dequant(key, self._read(key, index)), dtype, device)
 
     def read_spiece_model(self) -> Optional[bytes]:
         """The sentencepiece model a ComfyUI text encoder file carries (`spiece_model`), or None."""

@@ -16,6 +16,7 @@ import torch
 from wan_core.errors import CheckpointError, ConfigError
 from wan_core.loading.checkpoint import load_pth
 from wan_core.loading.paths import describe_missing
+from wan_core.loading.transforms import cast_tensor
 from wan_core.models.vae21 import WanVAE21
 from wan_core.models.vae22 import WanVAE22
 from wan_core.models.vae_common import config_from_state_dict
@@ -70,8 +71,7 @@ def load_vae(path: Union[str, Path], version: str, device: Union[str, torch.devi
     with torch.device("meta"):
         model = cls(cfg)
     _check_keys(path, version, model, sd)
-    sd = {k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device)
-          for k, v in sd.items()}
+    sd = {k: cast_tensor(v, dtype, device) for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 

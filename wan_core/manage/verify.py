@@ -86,7 +86,7 @@ def _check_manifest(man_path: Path, root: Path, report: Report, out: TextIO) -> 
 
 def _verify_official(folder: Path, out: TextIO) -> Report:
     from ..loading.detect import detect_task
-    from ..pipeline.engine import check_checkpoint
+    from ..loading.check import check_checkpoint
 
     report = Report(folder, "official")
     man_path = folder / OFFICIAL_MANIFEST

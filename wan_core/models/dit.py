@@ -1,6 +1,6 @@
 """The Wan2.2 DiT (`WanModel`): T2V-A14B and I2V-A14B experts and TI2V-5B.
 
-Math: docs/wan22_reference.md §2.3 (official `wan/modules/model.py`); precision policy: layers.py.
+Math: official `wan/modules/model.py`; precision policy: layers.py.
 Parameter names equal the official state-dict keys, so checkpoints load without a key map.
 
 Single-device code. Parallelism is applied from outside through three injection points
@@ -75,7 +75,7 @@ class DiTConfig:
 class TokenSharding(Protocol):
     """What `model.token_sharding` must provide (implemented in wan_core/distributed)."""
 
-    degree: int
+    ulysses_size: int    # ranks the tokens are split over (the Ulysses degree)
 
     def split(self, t: torch.Tensor, dim: int) -> torch.Tensor: ...
 
@@ -316,7 +316,7 @@ class WanModel(nn.Module):
         modulation stays [B, 1, ...] and broadcasts) or [B, seq_len] (per token, TI2V).
         context: [B, Lc, text_dim] or a list of B tensors [Lc_i, text_dim] (Lc <= text_len; zero-padded
         to text_len here, no cross-attention mask, as the official code). seq_len: padded token
-        count (>= tokens of x; a multiple of the token-sharding degree when sharded). y: [B, Cy, F, H, W]
+        count (>= tokens of x; a multiple of the token sharding's ulysses_size when sharded). y: [B, Cy, F, H, W]
         conditioning concatenated after x's channels (i2v). Returns [B, out_dim, F, H, W] float32.
         """
         cfg = self.cfg
@@ -367,9 +367,9 @@ class WanModel(nn.Module):
 
         sharding = self.token_sharding
         if sharding is not None:
-            if seq_len % sharding.degree:
-                raise ValueError(f"seq_len={seq_len} is not a multiple of the token-sharding degree "
-                                 f"{sharding.degree}")
+            if seq_len % sharding.ulysses_size:
+                raise ValueError(f"seq_len={seq_len} is not a multiple of the token sharding's "
+                                 f"ulysses_size {sharding.ulysses_size}")
             u = sharding.split(u, 1)
             rope = sharding.split(rope, 0)
             if per_token:

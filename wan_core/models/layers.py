@@ -1,6 +1,6 @@
 """Small building blocks of the Wan DiT: norms, timestep embedding, precision-aware linears, attention.
 
-Precision policy (the official GPU path, docs/wan22_reference.md §2.4): the "big" linears (patch
+Precision policy (the official GPU path): the "big" linears (patch
 embedding, text embedding, q/k/v/o, FFN) run in the parameter dtype (bf16 on GPU); the timestep MLP,
 modulation, every norm and the output head run in float32 whatever the parameter dtype (the official
 code runs them inside an fp32 autocast region, so bf16 weights are upcast there too); the sinusoidal

@@ -1,7 +1,7 @@
 """The S2V-14B DiT (`WanModel_S2V`): audio injection, causal audio encoder, frame-pack motion tokens,
 reference-image tokens, pose condition, and the two-segment (t / t=0) modulation.
 
-Math: docs/wan22_reference.md §3.1-3.5 (official `wan/modules/s2v/*`). It reuses the Wan DiT
+Math: official `wan/modules/s2v/*`. It reuses the Wan DiT
 (models/dit.py): the embeddings, time MLP, attention modules, RoPE and head are the same modules
 with the same parameter names, so the official checkpoint loads without a key map. Precision
 policy as in models/layers.py: big linears/convs in the parameter dtype, time MLP, norms,
@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import padded_seq_len
 from .dit import DiTConfig, WanAttentionBlock, WanCrossAttention, WanModel
 from .layers import compute_dtype, linear
 from .rope import grid_table, rope_freqs
@@ -446,7 +447,7 @@ class WanModelS2V(WanModel):
         sharding = self.token_sharding
         seg = n_video
         if sharding is not None:
-            total = -(-n_tok // sharding.degree) * sharding.degree
+            total = padded_seq_len(n_tok, sharding.ulysses_size)
             if total > n_tok:
                 seq = torch.cat([seq, seq.new_zeros(b, total - n_tok, seq.shape[2])], dim=1)
                 rope = torch.cat([rope, torch.ones(total - n_tok, rope.shape[1], dtype=rope.dtype,

@@ -1,6 +1,6 @@
 """umT5-XXL encoder (the Wan2.2 text encoder), single-device math.
 
-Written from docs/wan22_reference.md §4.1. Parameter names follow the official state dict
+Written from the official `wan/modules/t5.py`. Parameter names follow the official state dict
 (`models_t5_umt5-xxl-enc-bf16.pth`), so it loads without a key map:
 `token_embedding.weight`, `blocks.{i}.{norm1,norm2}.weight`, `blocks.{i}.attn.{q,k,v,o}.weight`,
 `blocks.{i}.ffn.{gate.0,fc1,fc2}.weight`, `blocks.{i}.pos_embedding.embedding.weight`, `norm.weight`.

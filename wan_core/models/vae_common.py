@@ -1,9 +1,9 @@
 """Building blocks shared by the Wan2.1 and Wan2.2 video VAEs (causal 3-D convolutions with a
 per-call frame cache, RMS norm, residual/attention blocks, spatial/temporal resampling).
 
-Reference: `wan/modules/vae2_1.py` and `vae2_2.py` of github.com/Wan-Video/Wan2.2 @ 42bf4cf
-(described in ../shared/docs/wan22_reference.md §4.2-4.3). Module and parameter names follow the
-official ones so the official state dicts load with strict=True.
+Reference: `wan/modules/vae2_1.py` and `vae2_2.py` of github.com/Wan-Video/Wan2.2 @ 42bf4cf.
+Module and parameter names follow the official ones so the official state dicts load with
+strict=True.
 
 Causal chunking. The official VAEs run the encoder on chunks of frames (1, then 4 at a time) and
 the decoder on one latent frame at a time. Every temporal convolution then needs the last

@@ -1,9 +1,8 @@
 """wav2vec2 speech encoder (the S2V audio features), our own implementation.
 
-Loads the official `wav2vec2-large-xlsr-53-english/` folder (a transformers `Wav2Vec2ForCTC`
-saved with `save_pretrained`: config.json + model.safetensors, or pytorch_model.bin read with
-`torch.load(weights_only=True)`) and returns **all hidden states**, as the official
-`AudioEncoder.extract_audio_feat(return_all_layers=True)` uses them (docs/wan22_reference.md §3.3).
+`loading.wav2vec2` reads the official `wav2vec2-large-xlsr-53-english/` folder (a transformers
+`Wav2Vec2ForCTC` saved with `save_pretrained`) into it; the encoder returns **all hidden states**, as the official
+`AudioEncoder.extract_audio_feat(return_all_layers=True)` uses them.
 
 Architecture (transformers `Wav2Vec2Model` with `feat_extract_norm="layer"` and
 `do_stable_layer_norm=True`, the XLSR-53 layout; the only one S2V uses):
@@ -25,11 +24,7 @@ The input normalisation is the processor's (`Wav2Vec2FeatureExtractor.zero_mean_
 """
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -38,12 +33,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError
 
-log = logging.getLogger("wan_core.wav2vec2")
-
-FOLDER_NAME = "wav2vec2-large-xlsr-53-english"
-LAYOUT = (f"expected <ckpt_dir>/{FOLDER_NAME}/ with config.json and model.safetensors (or "
-          "pytorch_model.bin), as in the official Wan2.2-S2V-14B download (also optional: "
-          "preprocessor_config.json)")
+FOLDER_NAME = "wav2vec2-large-xlsr-53-english"   # the XLSR-53 model this encoder implements
 
 
 @dataclass(frozen=True)
@@ -83,20 +73,6 @@ class Wav2Vec2Config:
         for k, s in zip(self.conv_kernel, self.conv_stride):
             n = (n - k) // s + 1
         return max(0, n)
-
-    @classmethod
-    def from_folder(cls, folder: Union[str, Path]) -> "Wav2Vec2Config":
-        from ..loading.detect import read_json
-
-        folder = Path(folder)
-        path = folder / "config.json"
-        d = read_json(path, LAYOUT)
-        pre = folder / "preprocessor_config.json"
-        if pre.is_file():
-            p = read_json(pre, LAYOUT)
-            d = {**d, "do_normalize": p.get("do_normalize", True),
-                 "sampling_rate": p.get("sampling_rate", 16000)}
-        return cls.from_dict(d, str(path))
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config.json") -> "Wav2Vec2Config":
@@ -285,81 +261,4 @@ class Wav2Vec2Encoder(nn.Module):
         return self.hidden_states(x)[:, 0].float()
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-
-def _weight_files(folder: Path) -> Path:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            return folder / name
-    raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin; {LAYOUT}")
-
-
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from ..loading.checkpoint import TensorSource
-
-        with TensorSource.from_file(path) as src:
-            return {k: src.get(k) for k in src.keys()}
-    from ..loading.checkpoint import load_pth
-
-    return load_pth(path)
-
-
-def _fold_weight_norm(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """weight = g * v / ||v||, the norm over every dim except 2 (torch weight_norm with dim=2)."""
-    g, v = g.double(), v.double()
-    norm = v.pow(2).sum(dim=(0, 1), keepdim=True).sqrt()
-    return (g * v / norm).float()
-
-
-def convert_state_dict(state: dict[str, torch.Tensor], where: str = "") -> dict[str, torch.Tensor]:
-    """Checkpoint keys -> `Wav2Vec2Encoder` keys: strip `wav2vec2.`, drop the CTC head and the
-    training-only tensors, fold the positional conv's weight norm (old `weight_g`/`weight_v` or new
-    `parametrizations.weight.original0/1` names)."""
-    out: dict[str, torch.Tensor] = {}
-    for k, v in state.items():
-        name = k[len("wav2vec2."):] if k.startswith("wav2vec2.") else k
-        if name.startswith(("lm_head.", "masked_spec_embed", "quantizer.", "project_q.", "project_hid.",
-                            "dropout_features", "adapter.")):
-            continue
-        out[name] = v
-    base = "encoder.pos_conv_embed.conv."
-    pairs = [(base + "weight_g", base + "weight_v"),
-             (base + "parametrizations.weight.original0", base + "parametrizations.weight.original1")]
-    for gk, vk in pairs:
-        if gk in out and vk in out:
-            out[base + "weight"] = _fold_weight_norm(out.pop(gk), out.pop(vk))
-    if base + "weight" not in out:
-        raise CheckpointError(f"{where}: the positional conv weight is missing (expected "
-                              f"wav2vec2.{base}weight_g/weight_v or parametrizations.weight.original0/1)")
-    return out
-
-
-def load_wav2vec2(folder: Union[str, Path], device: Union[str, torch.device] = "cpu",
-                  dtype: torch.dtype = torch.float32) -> Wav2Vec2Encoder:
-    """`Wav2Vec2Encoder` from the official folder (the official encoder runs on CPU in float32)."""
-    from ..loading.checkpoint import check_keys, TensorSource
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"wav2vec2 folder {folder} does not exist; {LAYOUT}")
-    t0 = time.perf_counter()
-    cfg = Wav2Vec2Config.from_folder(folder)
-    wfile = _weight_files(folder)
-    state = convert_state_dict(_read_state(wfile), str(wfile))
-    model = Wav2Vec2Encoder(cfg)
-    check_keys(model.state_dict().keys(), TensorSource.from_state_dict(state, str(wfile)), "wav2vec2 encoder")
-    for name, param in model.state_dict().items():
-        if tuple(state[name].shape) != tuple(param.shape):
-            raise CheckpointError(f"{wfile}: tensor {name!r} has shape {list(state[name].shape)} but "
-                                  f"config.json implies {list(param.shape)}; config and weights disagree")
-    model.load_state_dict(state, strict=True)
-    model.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    log.info("loaded wav2vec2 (%d layers, hidden %d) from %s in %.1f s", cfg.num_hidden_layers,
-             cfg.hidden_size, folder, time.perf_counter() - t0)
-    return model
-
-
-__all__ = ["Wav2Vec2Config", "Wav2Vec2Encoder", "load_wav2vec2", "convert_state_dict", "FOLDER_NAME"]
+__all__ = ["Wav2Vec2Config", "Wav2Vec2Encoder", "FOLDER_NAME"]

@@ -1,6 +1,6 @@
 """The denoise loop shared by T2V, I2V and TI2V.
 
-Per step (official `generate()` of WanT2V / WanI2V / WanTI2V, docs/wan22_reference.md §5):
+Per step (official `generate()` of WanT2V / WanI2V / WanTI2V):
 1. every rank agrees whether to stop (`dist.agree_stop`), so all ranks leave at the same step;
 2. the expert and guidance for the step (`ExpertSchedule`: MoE boundary or `switch_step`);
 3. the conditional and unconditional predictions: one batched forward (B=2) on one device, one

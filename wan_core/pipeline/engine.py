@@ -4,149 +4,79 @@ It runs in one process (the CLI's single-GPU path, the tests) or on every rank o
 (`runtime.worker` builds it with that rank's `DistContext`). On a group every rank calls
 `generate` with the same request; rank 0 returns the `GenerateResult`, the others None.
 
-Loading (docs/wan22_reference.md §1.4, §5.4): T5 (on the CPU with `t5_cpu`), the task's VAE in
-float32, and the DiT(s) in `param_dtype`, straight to their device. With `offload='experts'` the
-MoE expert that is not running waits on the CPU; parallel strategies are applied once, here, by
-`pipeline.parallelize` when the group has more than one rank.
+The engine loads, agrees on the seed and dispatches; what a task does lives in its pipeline
+family (`pipeline.families`: `VideoPipeline` for T2V/I2V/TI2V, `S2VPipeline` for S2V), each with
+`plan(request)` (resolve and validate, no model work) and `run(plan, ...)`.
+
+Loading (official `WanT2V.__init__` and friends): T5 (on the CPU with `t5_cpu`), the task's VAE in
+float32, and the DiT(s) in `param_dtype`, straight to their device; then whatever the family
+needs besides (S2V: wav2vec2). With `offload='experts'` the MoE expert that is not running waits on
+the CPU; parallel strategies are applied once, here, by `pipeline.parallelize`.
 """
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
-from ..config import (EngineSpec, GenerateRequest, GenerateResult, OffloadMode, ParamDtype, Task,
-                      TASKS)
-from ..errors import CheckpointError, ConfigError
+from ..config import (TASKS, EngineSpec, GenerateRequest, GenerateResult, OffloadMode, ParamDtype, WeightsMode,
+                      check_cfg_guidance, check_world_size)
+from ..distributed import fsdp as fsdp_
+from ..distributed.context import DistContext
+from ..distributed.vae_split import decode_rows_ctx
+from ..errors import ConfigError
+from ..loading.check import check_checkpoint
+from ..loading.components import file_tokenizer, load_dit_any, load_t5_file, load_vae_file, open_dit
+from ..loading.facts import validate_spec
+from ..loading.fp8 import T5_FP8_LAYERS, apply_fp8, fast_supported
+from ..loading.lora import LoraManager
+from ..loading.parts import check_parts, resolve_parts
+from ..loading.vae import load_vae
+from ..models.attention import resolve_backend
+from ..models.fused import pick_block_ops
 from .experts import Expert
+from .families import pipeline_for
+from .parallelize import expert_provider, parallelize_dit, parallelize_t5
 from .progress import Phase, Progress, RunHooks
-from .video_tasks import VIDEO_TASKS, Components, RunPlan, resolve_request, run_video_task
+from .schedulers import make_scheduler
+from .text import TextEncoder
+from .video_tasks import Components
 
 log = logging.getLogger("wan_core.engine")
 
 __all__ = ["WanEngine", "RunHooks", "Progress", "Phase"]
 
 
-def _dist_single(device):
-    from ..distributed.context import DistContext
-
-    return DistContext.single(device)
-
-
-def check_checkpoint(ckpt_dir, task: Task, files=None) -> None:
-    """Check that `ckpt_dir` holds every file the task loads, without reading any weight.
-
-    Opens each DiT shard's safetensors header (a truncated shard fails here, by name) and checks the
-    T5 checkpoint, the tokenizer and the VAE file exist. With `files` (a `ModelFiles` naming
-    ComfyUI single files) the parts they give are checked against the task instead
-    (`loading.parts.check_parts`). Raises CheckpointError (for the official folder with the
-    `python -m wan_core download` command that fetches what is missing) / ConfigError."""
-    from ..loading.paths import broken_link
-
-    task = Task.parse(task)
-    if files is not None and files.any():
-        try:
-            _check_parts(ckpt_dir, task, files)
-        except CheckpointError as exc:   # a missing template file: the command that fetches it
-            from ..manage.sets import comfy_download_hint
-
-            hint = comfy_download_hint(task, files)
-            raise CheckpointError(f"{exc}; {hint}" if hint else str(exc)) from None
-        return
-    ckpt = Path(ckpt_dir)
-    fetch = f"python -m wan_core download {task.value} --dir {ckpt.absolute()}"
-    if not ckpt.is_dir():
-        if broken_link(ckpt):
-            raise CheckpointError(f"checkpoint folder {broken_link(ckpt)} (--ckpt_dir)")
-        raise CheckpointError(f"checkpoint folder {str(ckpt)!r} does not exist (--ckpt_dir); download "
-                              f"the official Wan2.2 {task.value} checkpoint there: {fetch}")
-    try:
-        _check_files(ckpt, task)
-    except CheckpointError as exc:   # a missing or truncated file: the command that fetches it
-        raise CheckpointError(f"{exc}; to fetch what is missing: {fetch}") from None
-
-
-def _check_files(ckpt: Path, task: Task) -> None:
-    from ..loading.checkpoint import TensorSource
-    from ..loading.detect import detect_task, dit_folders, read_config
-    from ..loading.paths import describe_missing
-    from .text import T5_CHECKPOINT, TOKENIZER_SUBDIR
-
-    found = detect_task(ckpt)
-    if found != task:
-        raise ConfigError(f"{ckpt} holds a {found.value} checkpoint, not {task.value}; pass "
-                          f"--task {found.value} or the {task.value} folder")
-    for folder in dit_folders(ckpt, task).values():
-        read_config(folder)
-        TensorSource.from_folder(folder).close()
-    spec = TASKS[task]
-    for rel in (T5_CHECKPOINT, str(TOKENIZER_SUBDIR / "tokenizer.json"), spec.vae_file):
-        if not (ckpt / rel).is_file():
-            raise CheckpointError(f"{describe_missing(ckpt / rel)}; the {task.value} checkpoint folder needs "
-                                  f"{rel} (from the official Wan2.2 download)")
-    if task == Task.S2V_14B:
-        from .s2v import check_s2v_checkpoint
-
-        check_s2v_checkpoint(ckpt)
-
-
-def _check_parts(ckpt_dir, task: Task, files) -> None:
-    """check_checkpoint when single files replace some parts of the official folder."""
-    from ..loading.checkpoint import TensorSource
-    from ..loading.detect import read_config
-    from ..loading.parts import check_parts, resolve_parts
-
-    parts = resolve_parts(task, ckpt_dir or None, files)
-    check_parts(parts)
-    for path in parts.dits.values():
-        if not path.is_file():
-            read_config(path)
-            TensorSource.from_folder(path).close()
-    for what, path in (("text encoder", parts.text_encoder), ("VAE", parts.vae)):
-        if not path.is_file():
-            raise CheckpointError(f"{path} is missing (the {what} of {task.value})")
-    if parts.text_encoder.suffix != ".safetensors" and not (parts.tokenizer_dir / "tokenizer.json").is_file():
-        raise CheckpointError(f"{parts.tokenizer_dir / 'tokenizer.json'} is missing (the umT5 tokenizer)")
-    if parts.audio_encoder is not None and not parts.audio_encoder.is_file():
-        from .s2v import check_s2v_checkpoint
-
-        check_s2v_checkpoint(parts.audio_encoder.parent)
-
-
 def _weights_dtype(spec: EngineSpec) -> torch.dtype:
     """The high-precision dtype of the DiT(s) and T5: `weights` bf16/fp16/fp32 casts at load;
     auto, fp8 and fp8_fast keep `param_dtype` (the CLI's --dtype) for the layers not held in fp8
     (and as the compute dtype of the fp8 ones)."""
-    from ..config import WeightsMode
-
-    weights = WeightsMode.parse(spec.weights)
+    weights = spec.weights
     if weights in (WeightsMode.BF16, WeightsMode.FP16, WeightsMode.FP32):
         return ParamDtype(weights.value).torch_dtype
-    return ParamDtype(spec.param_dtype).torch_dtype
+    return spec.param_dtype.torch_dtype
 
 
 class WanEngine:
     """Loads the models of `spec.task` once; `generate(request, hooks)` makes one video."""
 
-    def __init__(self, spec: EngineSpec, dist=None, on_progress: Optional[Callable[[Progress], None]] = None,
+    def __init__(self, spec: EngineSpec, dist: Optional[DistContext] = None,
+                 on_progress: Optional[Callable[[Progress], None]] = None,
                  *, text_len: Optional[int] = None) -> None:
         self.spec = spec
-        self.task = Task.parse(spec.task)
-        self.is_s2v = self.task == Task.S2V_14B    # S2V: pipeline/s2v.py (plan, run, wav2vec2)
-        if self.task not in VIDEO_TASKS and not self.is_s2v:
-            raise ConfigError(f"WanEngine does not run {self.task.value}")
+        self.task = spec.task
         self.task_spec = TASKS[self.task]
-        from .parallelize import validate_spec
-
-        validate_spec(spec)   # the parallel layout against this model, before anything heavy
+        family = pipeline_for(self.task_spec)
+        facts = validate_spec(spec)   # the parallel layout against this model, before anything heavy
         self.device = torch.device(dist.device if dist is not None else spec.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device 'cuda' was asked for but CUDA is not available "
                               "(use --device cpu, or install a CUDA build of torch)")
-        self.dist = dist if dist is not None else _dist_single(self.device)
+        self.dist = dist if dist is not None else DistContext.single(self.device)
         self.batch_cfg = True
         """Run the conditional and unconditional branches as one batch of 2 (off: two calls)."""
         hooks = RunHooks(on_progress=on_progress)
@@ -155,21 +85,14 @@ class WanEngine:
 
         ckpt = Path(spec.ckpt_dir) if spec.ckpt_dir else None
         check_checkpoint(ckpt, self.task, spec.files)
-        from ..loading.parts import dit_config, resolve_parts
-
-        from ..loading.parts import check_parts
-
-        self.parts = resolve_parts(self.task, ckpt, spec.files)
+        self.parts = resolve_parts(self.task, ckpt, spec.files)   # a folder or a single file each
         self.parts_info = check_parts(self.parts)   # FileInfo of each single file (format, dtype)
         folders = self.parts.dits
-        dit_cfg = dit_config(next(iter(folders.values())))
         par = spec.parallel
-        if self.dist.world_size != par.num_gpus:
-            raise ConfigError(f"the engine was given {self.dist.world_size} rank(s) but num_gpus="
-                              f"{par.num_gpus}; start one process per GPU")
-        self.text_len = int(text_len or dit_cfg.get("text_len", 512))
+        check_world_size(par, self.dist.world_size)
+        self.text_len = int(text_len or facts.text_len)
         dtype = _weights_dtype(spec)
-        offload = OffloadMode(par.offload)
+        offload = par.offload
 
         hooks.report(Phase.LOAD, 0, 3, start, "loading the text encoder")
         t0 = time.perf_counter()
@@ -183,15 +106,10 @@ class WanEngine:
 
         hooks.report(Phase.LOAD, 2, 3, start, "loading the diffusion model")
         t0 = time.perf_counter()
-        from ..models.attention import resolve_backend
-        from .parallelize import expert_provider
-
-        kernel = resolve_backend(getattr(spec.attention, "value", spec.attention), self.device)
+        kernel = resolve_backend(spec.attention.value, self.device)
         self.attention = kernel.name
-        dits = {Expert(name): self._load_dit(folder, dtype, offload, kernel)
+        dits = {Expert(name): self._load_dit(folder, dtype, offload, kernel, s2v=family.s2v_dit)
                 for name, folder in folders.items()}
-        from ..models.fused import pick_block_ops
-
         # bf16/fp16 weights on CUDA: fused norm/RoPE/modulation kernels (models/fused.py); fp32
         # weights keep the reference op order (exact against the goldens).
         block_ops = pick_block_ops(dtype, self.device)
@@ -201,10 +119,8 @@ class WanEngine:
         self.models = expert_provider(dits, self.dist, par)
         self.loras = self._lora_manager(dits)
         self.load_timings["dit"] = time.perf_counter() - t0
-        if self.is_s2v:   # wav2vec2 in float32 (official precision) on the engine's device
-            t0 = time.perf_counter()
-            self.audio_encoder = self._load_audio_encoder()
-            self.load_timings["audio_encoder"] = time.perf_counter() - t0
+        self.pipeline = family.load(self.task_spec, self.parts, self.device)   # S2V: + wav2vec2
+        self.load_timings.update(self.pipeline.load_timings)
         self.load_timings["total"] = time.perf_counter() - start
         self.weights_summary = self._describe_weights(dits)
         if self.dist.rank == 0:
@@ -216,21 +132,14 @@ class WanEngine:
     def _load_text_encoder(self, dtype: torch.dtype, offload: OffloadMode) -> None:
         """T5 on the CPU (t5_cpu), sharded (t5_fsdp), waiting on the CPU between runs (offload), or
         resident on the device."""
-        from .parallelize import parallelize_t5
-        from .text import TextEncoder
-
         par = self.spec.parallel
         on_cpu = par.t5_cpu or par.t5_fsdp or (offload != OffloadMode.NONE)
         where = "cpu" if on_cpu else self.device
         path = self.parts.text_encoder
         if path.suffix == ".safetensors":   # a ComfyUI single file (loading/components.py)
-            from ..loading.components import file_tokenizer, load_t5_file
-
-            self.text_encoder = TextEncoder.__new__(TextEncoder)
-            self.text_encoder.text_len = self.text_len
-            self.text_encoder.tokenizer, self.tokenizer_source = file_tokenizer(
-                path, self.text_len, self.parts.tokenizer_dir)
-            self.text_encoder.model = load_t5_file(path, dtype=dtype, device=where)
+            tokenizer, self.tokenizer_source = file_tokenizer(path, self.text_len, self.parts.tokenizer_dir)
+            self.text_encoder = TextEncoder.from_parts(tokenizer, load_t5_file(path, dtype=dtype, device=where),
+                                                       self.text_len)
         else:
             self.text_encoder = TextEncoder(checkpoint_path=path, tokenizer_dir=self.parts.tokenizer_dir,
                                             text_len=self.text_len, device=where, dtype=dtype)
@@ -243,46 +152,26 @@ class WanEngine:
                            and self.device.type != "cpu")
 
     def _load_vae(self):
-        from ..loading.components import load_vae_file
-        from ..loading.vae import load_vae
-
         path = self.parts.vae
         load = load_vae_file if path.suffix == ".safetensors" else load_vae
         return load(path, self.task_spec.vae, device=self.device, dtype=torch.float32)
 
-    def _load_audio_encoder(self):
-        """wav2vec2 in float32 (official precision) on the engine's device."""
-        path = self.parts.audio_encoder
-        if path.is_file():
-            from ..loading.components import load_wav2vec2_file
-
-            return load_wav2vec2_file(path, device=self.device)
-        from ..models.wav2vec2 import load_wav2vec2
-
-        return load_wav2vec2(path, device=self.device)
-
-    def _load_dit(self, folder: Path, dtype: torch.dtype, offload: OffloadMode, kernel):
-        """One DiT, loaded and parallelised the way `spec.parallel` asks (pipeline/parallelize.py)."""
-        from ..loading.components import load_dit_any, open_dit
-        from .parallelize import parallelize_dit
-
+    def _load_dit(self, folder: Path, dtype: torch.dtype, offload: OffloadMode, kernel, *, s2v: bool):
+        """One DiT (folder or single file), loaded and parallelised the way `spec.parallel` asks."""
         par = self.spec.parallel
         weights, fast = self._fp8_mode()
         if par.dit_fsdp:   # rank-local: each rank reads only its rows of each tensor (fp8 stays fp8)
-            with open_dit(folder, s2v=self.is_s2v, kernel=kernel, dtype=dtype, weights=weights,
+            with open_dit(folder, s2v=s2v, kernel=kernel, dtype=dtype, weights=weights,
                           fast=fast) as (model, source, _):
                 parallelize_dit(model, self.dist, par, source=source, dtype=None)
             return model.eval()
         where = torch.device("cpu") if offload != OffloadMode.NONE else self.device
-        model = load_dit_any(folder, dtype, where, kernel, s2v=self.is_s2v, weights=weights, fast=fast)
+        model = load_dit_any(folder, dtype, where, kernel, s2v=s2v, weights=weights, fast=fast)
         return parallelize_dit(model, self.dist, par)
 
     def _lora_manager(self, dits):
         """LoRAs of every expert (loading/lora.py): run-time deltas on Linear layers, in-place
         deltas with exact backups elsewhere, on this rank's FSDP rows and offload masters."""
-        from ..distributed import fsdp as fsdp_
-        from ..loading.lora import LoraManager
-
         slots = list(getattr(self.models, "slots", {}).values())
         for model in dits.values():
             offloader = getattr(model, "block_offloader", None)
@@ -300,8 +189,6 @@ class WanEngine:
     def _describe_weights(self, dits) -> str:
         """One line: how each part was read (file format) and is held (dtype), and the bytes of
         weights on this rank's device (FSDP: this rank's shards)."""
-        from ..loading.fp8 import FP8
-
         def held(module) -> str:
             dtypes = {(t.to_local() if hasattr(t, "to_local") else t).dtype
                       for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()}
@@ -320,7 +207,7 @@ class WanEngine:
         if t5 is not None:
             items.append(f"text_encoder {read_as('text_encoder')} -> {held(t5)}")
         items.append(f"vae {read_as('vae')} -> {held(self.vae)}")
-        modules = list(dits.values()) + [m for m in (t5, self.vae, getattr(self, "audio_encoder", None)) if m is not None]
+        modules = list(dits.values()) + [m for m in (t5, self.vae, getattr(self.pipeline, "audio_encoder", None)) if m is not None]
         on_device = 0
         for m in modules:
             for t in list(m.parameters()) + list(m.buffers()):
@@ -332,10 +219,7 @@ class WanEngine:
     def _fp8_mode(self) -> tuple[str, bool]:
         """(weights mode, fp8_fast usable here); fp8_fast on a GPU without fp8 matmuls says so and
         runs as fp8 (dequantizing in each linear)."""
-        from ..config import WeightsMode
-        from ..loading.fp8 import fast_supported
-
-        weights = WeightsMode.parse(self.spec.weights)
+        weights = self.spec.weights
         fast = False
         if weights == WeightsMode.FP8_FAST:
             fast, why = fast_supported(self.device)
@@ -345,8 +229,6 @@ class WanEngine:
 
     def _t5_to_fp8(self, model, path: Path) -> None:
         """T5 in fp8 too: for weights fp8/fp8_fast, and for auto when the file holds fp8."""
-        from ..loading.fp8 import T5_FP8_LAYERS, apply_fp8
-
         weights, _ = self._fp8_mode()
         from_fp8_file = weights == "auto" and path.suffix == ".safetensors" and \
             self.parts_info.get("text_encoder") is not None and \
@@ -368,12 +250,10 @@ class WanEngine:
         return self.text_encoder.encode(prompts)
 
     def components(self) -> Components:
-        from .schedulers import make_scheduler
-
-        split = self.dist.world_size > 1 and not self.is_s2v
-        if split:   # every rank decodes a band of rows (exact; distributed/vae_split.py)
-            from ..distributed.vae_split import decode_rows_ctx
-
+        # Every rank decodes a band of rows (exact; distributed/vae_split.py) where the family's
+        # decode can be split (S2V decodes each clip on every rank already: the next clip needs it).
+        split = self.dist.world_size > 1 and self.pipeline.split_decode
+        if split:
             vae, dist = self.vae, self.dist
 
             def vae_decode(latent):
@@ -384,61 +264,40 @@ class WanEngine:
                           vae_decode=vae_decode, models=self.models, device=self.device,
                           make_scheduler=make_scheduler, decode_all_ranks=split)
 
-    def plan(self, request: GenerateRequest) -> RunPlan:
-        """Validate and resolve `request` (no model work); agreed across ranks for random seeds."""
-        if self.is_s2v:
-            from .s2v import plan_for_engine
-
-            return plan_for_engine(self, request)
-        plan = resolve_request(self.task_spec, request, sp_size=self.dist.ulysses_size)
-        if self.spec.parallel.cfg_parallel:
-            from ..distributed.cfg_parallel import validate_guidance
-
-            validate_guidance(True, plan.schedule.guide)
+    def plan(self, request: GenerateRequest):
+        """Validate and resolve `request` (no model work): the family's plan, the per-request
+        parallel rule, and, for a random seed (< 0), rank 0's draw on every rank (the one place
+        the seed is agreed)."""
+        plan = self.pipeline.plan(request, ulysses_size=self.dist.ulysses_size)
+        check_cfg_guidance(self.spec.parallel.cfg_parallel, plan.guide_scale)
         if request.seed is not None and request.seed < 0 and self.dist.world_size > 1:
-            from dataclasses import replace
-
             plan = replace(plan, seed=self.dist.broadcast_object(plan.seed))
         return plan
 
     def generate(self, request: GenerateRequest, hooks: Optional[RunHooks] = None, *,
                  trace: Optional[Callable[[str, torch.Tensor], None]] = None) -> Optional[GenerateResult]:
-        """Make one video. Rank 0 returns the result (latent fp32 CPU, video uint8 [F,H,W,3] CPU);
-        other ranks return None. Raises `Cancelled(step)` when `hooks.should_stop()` turned true.
+        """Make one video. Rank 0 returns the result (latent fp32 CPU, video uint8 [F,H,W,3] CPU;
+        S2V: extra_latents = every clip, audio = the track to mux); other ranks return None.
+        Raises `Cancelled(step)` when `hooks.should_stop()` turned true.
 
         `trace(name, tensor)`, when given, receives the intermediate tensors under the names of the
         parity goldens (`context`, `call00_x_in`, `callNN_<expert>_out`, `vae_decode_in`, `video`)."""
-        from ..io.video import video_to_uint8
-
-        hooks = hooks or RunHooks()
         # Before any collective: a bad LoRA fails every rank alike and the group stays up.
-        notes = tuple(self.loras.update(tuple(request.loras or ())))
-        if self.is_s2v:   # clip by clip; extra_latents = every clip, audio = the track to mux
-            from .s2v import generate_for_engine
-
-            result = generate_for_engine(self, request, hooks, trace)
-            if result is not None and notes:
-                from dataclasses import replace
-
-                result = replace(result, warnings=tuple(result.warnings) + notes)
-            return result
+        notes = tuple(self.loras.update(request.loras))
         plan = self.plan(request)
         for text in plan.warnings:
             log.warning(text)
-        out = run_video_task(plan, self.components(), self.dist, hooks, batch_cfg=self.batch_cfg,
-                             trace=trace)
-        if self.dist.rank != 0:
-            return None
-        video = video_to_uint8(out.video) if out.video is not None else None
-        return GenerateResult(latent=out.latent.detach().float().cpu(), video=video,
-                              fps=self.task_spec.fps, seed=plan.seed, timings=dict(out.timings),
-                              warnings=tuple(plan.warnings) + notes)
+        result = self.pipeline.run(plan, self.components(), self.dist, hooks or RunHooks(),
+                                   batch_cfg=self.batch_cfg, trace=trace)
+        if result is not None and notes:
+            result = replace(result, warnings=tuple(result.warnings) + notes)
+        return result
 
     def close(self) -> None:
         """Drop the models (frees device memory once nothing else references them)."""
         self.models = None
         self.text_encoder = None
         self.vae = None
-        self.audio_encoder = None
+        self.pipeline = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -1,5 +1,5 @@
-"""S2V-14B: the clip-by-clip run (official `WanS2V.generate`, docs/wan22_reference.md §3.6) and
-its engine glue. The request is resolved and checked first by `s2v_plan.resolve_s2v_request`
+"""S2V-14B: the clip-by-clip run (official `WanS2V.generate`, `wan/speech2video.py`) and
+its family object `S2VPipeline`. The request is resolved and checked first by `s2v_plan.resolve_s2v_request`
 (defaults, reference image, audio, infer_frames, pose video: no model work); the image and pose
 preprocessing lives in `s2v_media.py`, the wav2vec2 features in `s2v_audio.py`. The names other
 code imports from here (`S2VOptions`, `resolve_s2v_request`, ...) are re-exported.
@@ -35,15 +35,16 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-from ..config import GenerateRequest, GuideScale
+from ..config import GenerateRequest, GenerateResult, GuideScale, TaskSpec
 from ..errors import Cancelled
 from ..io.audio import AudioInput, AudioTrack, speech_samples
+from ..io.video import video_to_uint8
+from ..loading.load_part import load_audio_encoder_part
 from .denoise import DenoiseInputs, denoise, scalar_timestep
 from .experts import Expert, ExpertSchedule
 from .progress import Phase, RunHooks
@@ -278,53 +279,45 @@ class _ClipHooks(RunHooks):
 
 
 # ---------------------------------------------------------------------------------------------
-# Engine glue (pipeline/engine.py calls these for s2v-14B)
+# The family object the engine dispatches to
 
 
-def check_s2v_checkpoint(ckpt_dir) -> None:
-    """The S2V folder's extra part: `wav2vec2-large-xlsr-53-english/` with config.json and weights."""
-    from ..errors import CheckpointError
-    from ..loading.paths import describe_missing
-    from ..models.wav2vec2 import FOLDER_NAME, LAYOUT
+class S2VPipeline:
+    """The S2V-14B family (see `pipeline.families` for the contract): holds the wav2vec2 encoder."""
 
-    folder = Path(ckpt_dir) / FOLDER_NAME
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(f"{describe_missing(folder / 'config.json')}; {LAYOUT}")
-    if not any((folder / n).is_file() for n in ("model.safetensors", "pytorch_model.bin")):
-        raise CheckpointError(f"{folder} has neither model.safetensors nor pytorch_model.bin; {LAYOUT}")
+    s2v_dit = True
+    split_decode = False  # every rank decodes each clip (the next clip's motion latents need it)
 
+    def __init__(self, task_spec: TaskSpec, audio_encoder=None) -> None:
+        self.task_spec = task_spec
+        self.audio_encoder = audio_encoder
+        self.load_timings: dict[str, float] = {}
 
-def plan_for_engine(engine, request: GenerateRequest) -> S2VPlan:
-    """`WanEngine.plan` for s2v-14B (random seeds agreed across ranks)."""
-    plan = resolve_s2v_request(request, engine.task_spec)
-    if engine.spec.parallel.cfg_parallel:
-        from ..distributed.cfg_parallel import validate_guidance
+    @classmethod
+    def load(cls, task_spec: TaskSpec, parts, device) -> "S2VPipeline":
+        """wav2vec2 (folder or single file) in float32 (the official precision) on the engine's device."""
+        t0 = time.perf_counter()
+        pipeline = cls(task_spec, load_audio_encoder_part(parts, device))
+        pipeline.load_timings["audio_encoder"] = time.perf_counter() - t0
+        return pipeline
 
-        validate_guidance(True, GuideScale(plan.guide, plan.guide))
-    if request.seed is not None and request.seed < 0 and engine.dist.world_size > 1:
-        plan = replace(plan, seed=engine.dist.broadcast_object(plan.seed))
-    return plan
+    def plan(self, request: GenerateRequest, ulysses_size: int = 1) -> S2VPlan:
+        """(The S2V DiT pads its own token sequence to ulysses_size: nothing to size here.)"""
+        return resolve_s2v_request(request, self.task_spec)
 
-
-def generate_for_engine(engine, request: GenerateRequest, hooks: RunHooks, trace: Trace = None):
-    """`WanEngine.generate` for s2v-14B: latent = the last clip's, extra_latents = every clip
-    (`clip0`, `clip1`, ...), audio = the track to mux (aligned with the first frame)."""
-    from ..config import GenerateResult
-    from ..io.video import video_to_uint8
-
-    plan = plan_for_engine(engine, request)
-    for text in plan.warnings:
-        log.warning(text)
-    out = run_s2v(plan, engine.components(), engine.audio_encoder, engine.dist, hooks,
-                  batch_cfg=engine.batch_cfg, trace=trace)
-    if engine.dist.rank != 0:
-        return None
-    video = video_to_uint8(out.video) if out.video is not None else None
-    extra = {f"clip{i}": lat.detach().float().cpu() for i, lat in enumerate(out.clip_latents)}
-    return GenerateResult(latent=out.latent.detach().float().cpu(), video=video, fps=plan.task.fps,
-                          seed=plan.seed, extra_latents=extra, audio=out.audio, timings=dict(out.timings))
+    def run(self, plan: S2VPlan, comp: Components, dist, hooks: RunHooks, *, batch_cfg: bool = True,
+            trace: Trace = None) -> Optional[GenerateResult]:
+        """latent = the last clip's, extra_latents = every clip (`clip0`, `clip1`, ...), audio = the
+        track to mux (aligned with the first frame)."""
+        out = run_s2v(plan, comp, self.audio_encoder, dist, hooks, batch_cfg=batch_cfg, trace=trace)
+        if dist.rank != 0:
+            return None
+        video = video_to_uint8(out.video) if out.video is not None else None
+        extra = {f"clip{i}": lat.detach().float().cpu() for i, lat in enumerate(out.clip_latents)}
+        return GenerateResult(latent=out.latent.detach().float().cpu(), video=video, fps=plan.task.fps,
+                              seed=plan.seed, extra_latents=extra, audio=out.audio, timings=dict(out.timings))
 
 
 __all__ = ["S2VOptions", "S2VPlan", "S2VOutput", "AudioInput", "resolve_s2v_request", "run_s2v",
            "get_size_less_than_area", "prepare_ref_image", "as_audio_input", "MOTION_FRAMES",
-           "check_s2v_checkpoint", "plan_for_engine", "generate_for_engine"]
+           "S2VPipeline"]

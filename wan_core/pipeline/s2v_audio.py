@@ -1,6 +1,6 @@
 """S2V audio features: wav2vec2 hidden states -> per-video-frame buckets -> per-clip windows.
 
-The official `AudioEncoder` (wan/modules/s2v/audio_encoder.py, docs/wan22_reference.md §3.3):
+The official `AudioEncoder` (wan/modules/s2v/audio_encoder.py):
 1. `extract_audio_feat`: all wav2vec2 hidden states [S=25, T50, C] (50 frames/s), linearly
    interpolated (`align_corners=True`) to int(T50 / 50 * 30) frames -> [S, T30, C] (30 frames/s).
 2. `get_audio_embed_bucket_fps(fps=16, batch_frames=infer_frames, m=0)`: one 30-fps feature frame

@@ -15,7 +15,8 @@ from typing import Optional
 
 import torch
 
-from ..config import GenerateRequest, GuideScale, Solver, Task, TaskSpec, TASKS, check_sampling, parse_size
+from ..config import (GenerateRequest, GuideScale, S2VOptions, Solver, Task, TaskSpec, TASKS, check_sampling,
+                      parse_size)
 from ..errors import ConfigError, InputError
 from ..io.audio import AudioInput, AudioTrack, check_speech
 from .s2v_audio import num_clips_for
@@ -25,22 +26,6 @@ from .video_tasks import _check_seed
 Tensor = torch.Tensor
 
 DROP_FIRST_MOTION = True    # official s2v config drop_first_motion
-
-
-@dataclass(frozen=True)
-class S2VOptions:
-    """S2V-only settings of a request (`GenerateRequest.s2v`); official `generate.py` flags."""
-
-    infer_frames: int = 80
-    """Frames per clip, a multiple of 4 (--infer_frames)."""
-    num_clip: Optional[int] = None
-    """Clips to make; None = as many as the audio allows (--num_clip; can only lower that)."""
-    pose_video: Optional[str] = None
-    """Pose (DW-pose) video that drives the body; needs infer_frames * clips frames at 16 fps."""
-    start_from_ref: bool = False
-    """The reference image becomes the first frames (official init_first_frame)."""
-    trim_to_audio: bool = True
-    """Cut the video where the audio ends (frames past it were driven by zero audio padding)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,6 +74,10 @@ class S2VPlan:
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
         return (16, self.infer_frames // 4, self.height // 8, self.width // 8)
+
+    @property
+    def guide_scale(self) -> GuideScale:
+        return GuideScale(self.guide, self.guide)
 
     @property
     def drop_first_motion(self) -> bool:
@@ -150,13 +139,13 @@ def resolve_s2v_request(request: GenerateRequest, spec: Optional[TaskSpec] = Non
 
     steps = spec.sample_steps if request.steps is None else int(request.steps)
     shift = spec.sample_shift if request.shift is None else float(request.shift)
-    g = GuideScale.parse(request.guide_scale) if request.guide_scale is not None else GuideScale(*spec.guide_scale)
+    g = request.guide_scale if request.guide_scale is not None else GuideScale(*spec.guide_scale)
     if g.low_noise != g.high_noise:
         raise ConfigError(f"s2v-14B has a single model; give one guide scale, not {g.low_noise},{g.high_noise}")
     check_sampling(steps, shift, g)
     if request.boundary is not None:
         warnings.append(f"boundary={request.boundary} ignored: s2v-14B has a single model")
-    solver = Solver.parse(request.solver)
+    solver = request.solver
     seed = _check_seed(request.seed)
 
     image = request.image

@@ -1,7 +1,7 @@
 """Flow-matching samplers of Wan2.2: UniPC (default `unipc`), DPM-Solver++ (`dpm++`), and ComfyUI's
 `euler` on its `simple` schedule (`euler`, what the 4-step LoRA templates run).
 
-Written from docs/wan22_reference.md §5. Conventions (flow matching, velocity prediction):
+Written from the official `wan/utils/fm_solvers*.py`. Conventions (flow matching, velocity prediction):
 `x_σ = (1 − σ)·x0 + σ·ε`, the model predicts `v ≈ ε − x0`, so `x0 = x − σ·v`; the timestep given to
 the model is `int64(σ·1000)` (truncated). In log-SNR form `α = 1 − σ`, `λ = log α − log σ`.
 

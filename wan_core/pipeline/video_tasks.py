@@ -6,8 +6,9 @@ preprocessed, the latent shape and `seq_len` computed. It needs no model, so the
 call it before loading anything.
 
 `run_video_task` then follows the official `generate()` of WanT2V / WanI2V / WanTI2V
-(docs/wan22_reference.md §2.5, §5): encode prompt + negative prompt, draw the noise on a CPU
-generator, build the task's conditioning, denoise, decode on rank 0.
+(`wan/text2video.py`, `image2video.py`, `textimage2video.py`): encode prompt + negative prompt,
+draw the noise on a CPU generator, build the task's conditioning, denoise, decode on rank 0.
+`VideoPipeline` (end of file) is the family object `WanEngine` dispatches these tasks to.
 """
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from ..config import (GenerateRequest, GuideScale, Solver, Task, TaskSpec, check_frame_num,
-                      check_sampling, check_size)
-from ..errors import ConfigError, InputError
+from ..config import (TASKS, GenerateRequest, GenerateResult, GuideScale, Solver, Task, TaskSpec,
+                      check_frame_num, check_sampling, check_size, padded_seq_len, parse_size)
+from ..errors import Cancelled, ConfigError, InputError
+from ..io.video import video_to_uint8
 from .conditioning import (I2VImage, TI2VImage, i2v_mask, i2v_vae_input, prepare_i2v_image,
                            prepare_ti2v_image, token_timesteps)
 from .denoise import DenoiseInputs, ModelProvider, denoise, scalar_timestep
@@ -62,6 +64,10 @@ class RunPlan:
         c, f, h, w = self.latent_shape
         return f * (h // 2) * (w // 2)
 
+    @property
+    def guide_scale(self) -> GuideScale:
+        return self.schedule.guide
+
 
 def random_seed() -> int:
     """The official `--base_seed -1`: `random.randint(0, sys.maxsize)`."""
@@ -82,7 +88,7 @@ def _guide(spec: TaskSpec, value) -> GuideScale:
     if value is None:
         low, high = spec.guide_scale
         return GuideScale(low, high)
-    g = GuideScale.parse(value)
+    g = value   # GenerateRequest made it a GuideScale
     if not spec.moe and g.low_noise != g.high_noise:
         raise ConfigError(f"{spec.task.value} has a single model; give one guide scale, not "
                           f"{g.low_noise},{g.high_noise}")
@@ -117,10 +123,8 @@ def _boundary(spec: TaskSpec, value, warnings: list[str]) -> Optional[float]:
     return b
 
 
-def resolve_request(task: Union[Task, str, TaskSpec], request: GenerateRequest, sp_size: int = 1) -> RunPlan:
+def resolve_request(task: Union[Task, str, TaskSpec], request: GenerateRequest, ulysses_size: int = 1) -> RunPlan:
     """Fill in the task defaults and validate every field; raise ConfigError / InputError."""
-    from ..config import TASKS, parse_size
-
     spec = task if isinstance(task, TaskSpec) else TASKS[Task.parse(task)]
     if spec.task not in VIDEO_TASKS:
         raise ConfigError(f"{spec.task.value} is not a text/image-to-video task; use the S2V pipeline")
@@ -147,10 +151,8 @@ def resolve_request(task: Union[Task, str, TaskSpec], request: GenerateRequest, 
     check_sampling(steps, shift, guide)
     boundary = _boundary(spec, request.boundary, warnings)
     switch_step = _switch_step(spec, request.switch_step, steps, warnings)
-    solver = Solver.parse(request.solver)
+    solver = request.solver
     seed = _check_seed(request.seed)
-    if not isinstance(sp_size, int) or sp_size < 1:
-        raise ConfigError(f"sequence-parallel degree {sp_size!r} must be a positive integer")
 
     image = request.image
     if spec.needs_image and image is None:
@@ -170,7 +172,7 @@ def resolve_request(task: Union[Task, str, TaskSpec], request: GenerateRequest, 
         width, height = prepared.width, prepared.height
     latent_shape = (Z_DIM[spec.vae], lat_f, height // stride_h, width // stride_w)
     tokens = lat_f * (latent_shape[2] // spec.patch_size[1]) * (latent_shape[3] // spec.patch_size[2])
-    seq_len = math.ceil(tokens / sp_size) * sp_size
+    seq_len = padded_seq_len(tokens, ulysses_size)
 
     return RunPlan(task=spec, prompt=request.prompt, neg_prompt=neg, frame_num=frame_num,
                    width=width, height=height, latent_shape=latent_shape, seq_len=seq_len,
@@ -245,7 +247,6 @@ def run_video_task(plan: RunPlan, comp: Components, dist, hooks: RunHooks, *, ba
     start = time.perf_counter()
 
     if dist.agree_stop(hooks.stop_requested()):
-        from ..errors import Cancelled
         raise Cancelled(0)
     hooks.report(Phase.ENCODE, 0, 1, start, "encoding the prompt")
     scheduler = comp.make_scheduler(plan.solver, plan.steps, plan.shift)
@@ -275,7 +276,6 @@ def run_video_task(plan: RunPlan, comp: Components, dist, hooks: RunHooks, *, ba
 
     video = None
     if dist.agree_stop(hooks.stop_requested()):   # every rank, decode or not: same collective count
-        from ..errors import Cancelled
         raise Cancelled(plan.steps)
     if plan.decode and (dist.rank == 0 or comp.decode_all_ranks):
         rank0 = dist.rank == 0
@@ -293,3 +293,31 @@ def run_video_task(plan: RunPlan, comp: Components, dist, hooks: RunHooks, *, ba
             timings[Phase.DECODE] = time.perf_counter() - t0
             hooks.report(Phase.DECODE, 1, 1, t0, "video decoded")
     return RunOutput(latent=latent, video=video, timings=timings)
+
+
+class VideoPipeline:
+    """The T2V-A14B / I2V-A14B / TI2V-5B family (see `pipeline.families` for the contract)."""
+
+    s2v_dit = False
+    split_decode = True   # the final decode may be split in row bands over the ranks
+
+    def __init__(self, task_spec: TaskSpec) -> None:
+        self.task_spec = task_spec
+        self.load_timings: dict[str, float] = {}
+
+    @classmethod
+    def load(cls, task_spec: TaskSpec, parts, device) -> "VideoPipeline":
+        return cls(task_spec)   # nothing beyond the engine's T5, VAE and DiT(s)
+
+    def plan(self, request: GenerateRequest, ulysses_size: int = 1) -> RunPlan:
+        return resolve_request(self.task_spec, request, ulysses_size)
+
+    def run(self, plan: RunPlan, comp: Components, dist, hooks: RunHooks, *, batch_cfg: bool = True,
+            trace: Trace = None) -> Optional[GenerateResult]:
+        out = run_video_task(plan, comp, dist, hooks, batch_cfg=batch_cfg, trace=trace)
+        if dist.rank != 0:
+            return None
+        video = video_to_uint8(out.video) if out.video is not None else None
+        return GenerateResult(latent=out.latent.detach().float().cpu(), video=video,
+                              fps=self.task_spec.fps, seed=plan.seed, timings=dict(out.timings),
+                              warnings=tuple(plan.warnings))

@@ -11,7 +11,7 @@ import os
 from datetime import timedelta
 from typing import Callable, Optional
 
-from ..config import EngineSpec, GenerateRequest, GenerateResult
+from ..config import EngineSpec, GenerateRequest, GenerateResult, check_world_size
 from ..errors import ConfigError
 
 NCCL_WATCHDOG_ENV = {
@@ -76,16 +76,14 @@ def run_under_torchrun(spec: EngineSpec, request: GenerateRequest,
     denoising steps (other ranks never call it)."""
     import torch.distributed as dist
 
+    from ..loading.facts import validate_spec
     from ..pipeline.engine import RunHooks, WanEngine
-    from ..pipeline.parallelize import validate_spec
 
     try:
         rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     except KeyError:
         raise ConfigError("run_under_torchrun needs RANK and WORLD_SIZE (start it with torchrun)") from None
-    if world != spec.parallel.num_gpus:
-        raise ConfigError(f"torchrun started {world} processes but num_gpus={spec.parallel.num_gpus}; "
-                          f"pass --nproc-per-node {spec.parallel.num_gpus}")
+    check_world_size(spec.parallel, world, fix=f"pass --nproc-per-node {spec.parallel.num_gpus} to torchrun")
     validate_spec(spec)   # every rank refuses an impossible layout before joining the group
     ctx = init_distributed(spec, rank, world, local_device=int(os.environ.get("LOCAL_RANK", rank)))
     try:

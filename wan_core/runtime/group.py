@@ -1,7 +1,7 @@
 """WorkerGroup: one `python -m wan_core.runtime.worker` process per rank, started and supervised.
 
 Knows processes, connections and failures; nothing about requests (that is `wan_core.client`).
-Decisions and their reasons are in docs/runtime.md (§9 is the checklist):
+Decisions and their reasons: docs/architecture.md (Runtime):
 
 - `subprocess.Popen`, never multiprocessing spawn (inside ComfyUI a spawn child re-runs main.py);
   each child has its own environment (one physical GPU, OMP threads), its own session (so a
@@ -56,7 +56,7 @@ TERM_GRACE_S = 3.0
 SHUTDOWN_GRACE_S = 5.0
 PG_TIMEOUT_S = 1800.0
 """Collective timeout of the process groups: longer than any legitimate collective, loading skew
-included (docs/runtime.md §2.3). Idle ranks wait on their pipe, never in a collective."""
+included. Idle ranks wait on their pipe, never in a collective."""
 _HELLO_TIMEOUT_S = 30.0
 _CONNECT_SILENCE_S = 120.0
 """A rank that has not connected this long after its spawn is hung (its Python imports, torch's

@@ -1,4 +1,4 @@
-"""Worker-side defences against outliving the client process (docs/runtime.md §1.6).
+"""Worker-side defences against outliving the client process (docs/architecture.md, Runtime: Orphans).
 
 1. Lifeline pipe: the parent keeps the (close-on-exec) write end of a pipe and never writes; the
    worker gets the read end through `pass_fds`. A daemon thread blocks in `read()`; end-of-file

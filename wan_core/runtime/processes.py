@@ -18,6 +18,8 @@ from typing import Callable, Optional
 
 from ..config import EngineSpec, ParallelConfig
 from ..errors import ConfigError
+from ..loading.facts import validate_spec
+from ..memory_plan import check_load
 from .dist_init import NCCL_WATCHDOG_ENV
 from .protocol import AUTHKEY_ENV
 from .transport import sweep
@@ -86,12 +88,9 @@ def _torch_cuda_words() -> str:
 
 def check_start(spec: EngineSpec) -> None:
     """What a group start checks in the parent before it creates anything (folder, store,
-    process): the parallel layout against the model (`pipeline.parallelize.validate_spec`), on
+    process): the parallel layout against the model (`loading.facts.validate_spec`), on
     CUDA that the GPUs it asks for are visible, and the memory guard (`memory_plan.check_load`:
     the weights and the smallest video must fit). Raises ConfigError."""
-    from ..memory_plan import check_load
-    from ..pipeline.parallelize import validate_spec
-
     validate_spec(spec)
     if spec.device.startswith("cuda"):
         import torch
@@ -104,7 +103,7 @@ def check_start(spec: EngineSpec) -> None:
 class Spawner:
     """A long-lived daemon thread that runs every Popen: PR_SET_PDEATHSIG follows the *thread*
     that created the child, so a child spawned from a short-lived thread would be killed when
-    that thread ends (docs/runtime.md §1.6)."""
+    that thread ends (docs/architecture.md, Runtime: Orphans)."""
 
     _lock = threading.Lock()
     _queue: Optional[queue.SimpleQueue] = None
@@ -156,7 +155,7 @@ def sweep_stale_groups(max_age_unowned_s: float = 60.0) -> int:
     """Clean up after clients that died without closing (SIGKILL, crash): for every private
     folder whose owner process is gone, SIGKILL any worker still running (recognised by its
     command line), unlink its shared-memory segments and remove the folder. Returns how many
-    folders were removed. Run at every group start (docs/runtime.md §9 #5)."""
+    folders were removed. Run at every group start (docs/architecture.md, Runtime: Orphans)."""
     removed = 0
     for folder in Path(tempfile.gettempdir()).glob("wan_core-*"):
         try:

@@ -8,7 +8,7 @@ receiver owns a segment from the moment it is sent.
 
 Why not `Connection.send(obj)`: importing torch registers torch's reductions with
 multiprocessing's pickler, which turn a tensor into a file-descriptor handle that only a process
-started by multiprocessing (sharing its authkey) can open (docs/runtime.md §3.1). Our workers are
+started by multiprocessing (sharing its authkey) can open. Our workers are
 plain `subprocess` children.
 
 Segment names start with a per-group, per-sender prefix, so whatever a crash leaves behind can be

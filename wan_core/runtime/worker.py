@@ -4,7 +4,7 @@
 Order matters: the lifeline watchdog and the parent-death signal come first (nothing may outlive
 the client), then the control connection (Hello -> WorkerConfig), then the process group and the
 engine, loaded once. While idle the rank blocks on its own connection, never in a collective
-(collectives time out; docs/runtime.md §2.3). A reader thread takes every message so that a cancel
+(collectives time out). A reader thread takes every message so that a cancel
 or a status query is served while the main thread runs the engine, and a heartbeat thread tells the
 client every `heartbeat_s` that the process is alive and what it is doing (the client's watchdog,
 `runtime/watchdog.py`, ends a group whose rank falls silent).

@@ -1,6 +1,6 @@
 """umT5 prompt cleaning and tokenization, as the official text path does it.
 
-Official path (wan/modules/tokenizers.py, `clean='whitespace'`; docs/wan22_reference.md §4.1):
+Official path (wan/modules/tokenizers.py, `clean='whitespace'`):
 `ftfy.fix_text` -> `html.unescape` twice -> strip -> every run of whitespace to one space -> strip,
 then the umT5 tokenizer with special tokens (`</s>` appended), truncation and padding to `text_len`.
 Truncation keeps room for `</s>`, so `</s>` is the last real token even for long prompts.
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from tokenizers import Tokenizer
 
 from ..errors import CheckpointError, InputError
 
@@ -42,10 +43,6 @@ class PromptTokenizer:
     """
 
     def __init__(self, tokenizer_dir: str | Path, text_len: int, clean: bool = True) -> None:
-        from tokenizers import Tokenizer
-
-        if text_len < 2:
-            raise ValueError(f"text_len={text_len}: need room for at least one token and </s>")
         path = Path(tokenizer_dir) / TOKENIZER_FILE
         if not path.is_file():
             raise CheckpointError(
@@ -55,9 +52,21 @@ class PromptTokenizer:
             tok = Tokenizer.from_file(str(path))
         except Exception as exc:  # the library raises a bare Exception on malformed JSON
             raise CheckpointError(f"tokenizer file {path} cannot be read: {exc}") from exc
+        self._setup(tok, text_len, clean, f"tokenizer file {path}")
+
+    @classmethod
+    def wrap(cls, tok: "Tokenizer", text_len: int, where: str, clean: bool = True) -> "PromptTokenizer":
+        """Around an already built `tokenizers.Tokenizer` (e.g. from a single file's spiece_model)."""
+        obj = cls.__new__(cls)
+        obj._setup(tok, text_len, clean, f"tokenizer of {where}")
+        return obj
+
+    def _setup(self, tok: "Tokenizer", text_len: int, clean: bool, where: str) -> None:
+        if text_len < 2:
+            raise ValueError(f"text_len={text_len}: need room for at least one token and </s>")
         pad_id = tok.token_to_id(PAD_TOKEN)
         if pad_id is None:
-            raise CheckpointError(f"tokenizer file {path} has no {PAD_TOKEN} token; is it a umT5 tokenizer?")
+            raise CheckpointError(f"{where} has no {PAD_TOKEN} token; is it a umT5 tokenizer?")
         tok.enable_truncation(max_length=text_len)
         tok.enable_padding(length=text_len, pad_id=pad_id, pad_token=PAD_TOKEN)
         self.text_len = text_len
