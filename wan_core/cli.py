@@ -12,12 +12,14 @@ import argparse
 import logging
 import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Optional, Sequence
 
 from .config import (TASKS, AttentionBackend, EngineSpec, GenerateRequest, GuideScale, ModelFiles, OffloadMode,
                      ParallelConfig, ParamDtype, Solver, Task, WeightsMode, parse_size, validate_request)
+from .demo import demo_job
 from .errors import Cancelled, ConfigError, WanEngineError, WorkerFailure
 
 log = logging.getLogger("wan_core.cli")
@@ -297,8 +299,6 @@ def _leave_it_to_rank0(text: str, wait_s: float = 30.0) -> None:
     """A rank other than 0 with the same pre-join error does not exit first: torchrun would stop
     rank 0 (SIGTERM) before it printed the line. It waits for torchrun to stop it once rank 0 has
     exited; if that does not come (rank 0 did not fail, e.g. another node), it says it itself."""
-    import time
-
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         time.sleep(0.2)
@@ -580,6 +580,31 @@ def cmd_generate(args) -> int:
 # -- entry ----------------------------------------------------------------------------------------
 
 
+def cmd_demo(out: str = "wan_demo.mp4", device: Optional[str] = None, ckpt_dir: Optional[str] = None) -> int:
+    """`demo`: the tiny random-weight T2V-A14B job of `demo.py`, run like `generate`."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    start = time.perf_counter()
+    world = int(os.environ.get("WORLD_SIZE", "1")) if _under_torchrun() else 1
+    folder, spec, request = demo_job(device, ckpt_dir, world)
+    say = _rank() == 0       # under torchrun: one demo over all ranks, reported by rank 0
+    if say:
+        print(f"tiny T2V-A14B checkpoint (random weights, so the video is coloured noise): {folder}",
+              file=sys.stderr)
+    plan = precheck(spec, request)
+    for text in plan.warnings:   # before the progress bars (the tiny size is not an official one)
+        log.warning(text)
+    bars = ProgressBars(enabled=say)
+    result = _run_torchrun(spec, request, bars) if world > 1 else _run_in_process(spec, request, bars)
+    if result is None:           # ranks other than 0
+        return 0
+    _save_outputs(result, out, None)
+    print(f"demo finished in {time.perf_counter() - start:.1f} s on {device}"
+          f"{f' ({world} ranks)' if world > 1 else ''}: {out}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -604,8 +629,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from .manage.verify import status
             return status(args.dir)
         if args.command == "demo":
-            from .demo import run_demo
-            return run_demo(out=args.out, device=args.device, ckpt_dir=args.ckpt_dir)
+            return cmd_demo(out=args.out, device=args.device, ckpt_dir=args.ckpt_dir)
         if args.command == "bench":
             from .bench import main as bench_main
             return bench_main(args)

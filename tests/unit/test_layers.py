@@ -82,6 +82,12 @@ def test_the_repository_keeps_its_layers():
     assert violations(REPO) == []
 
 
+def test_the_demo_does_not_import_the_cli():
+    """The CLI runs the demo's job (cli.cmd_demo); the demo only builds it: no import circle."""
+    mods = {m for _, m in imported_modules(REPO / "wan_core" / "demo.py", REPO)}
+    assert not any(_under(m, "wan_core.cli") for m in mods), mods
+
+
 PLANTED = {
     "wan_core/__init__.py": "",
     "wan_core/config.py": "import folder_paths\n",
