@@ -30,6 +30,10 @@ SOURCES: dict[str, tuple[Check, str]] = {
               "an IMAGE output (e.g. a Load Image node)"),
     "AUDIO": (lambda v: isinstance(v, dict) and "waveform" in v and "sample_rate" in v,
               "an AUDIO output (e.g. a Load Audio node)"),
+    "LATENT": (lambda v: isinstance(v, dict) and "samples" in v,
+               "a LATENT output (e.g. a Load Latent node, or the sampler's LATENT)"),
+    "CONDITIONING": (lambda v: isinstance(v, list),
+                     "a CONDITIONING output (e.g. CLIPTextEncode with the Wan umT5 text encoder)"),
 }
 
 

@@ -434,6 +434,16 @@ class GenerateRequest:
     decode: bool = True                       # False: return the latent only
     switch_step: Optional[int] = None         # MoE switch by step index (None/0: use `boundary`)
     loras: tuple = ()                         # LoraSpec entries, applied in order (loading/lora.py)
+    # Video-to-video / continuation (ComfyUI's KSampler rule): start from `init_latent` (normalised
+    # latent [C, f, h, w] of this task's VAE, the shape the size and frame_num give) noised to the
+    # first sigma of the last `steps` of an int(steps / denoise)-step schedule. denoise 0 runs no
+    # step: the latent is only decoded.
+    init_latent: Optional[object] = None
+    denoise: float = 1.0
+    # Precomputed text embeddings [L, text_dim] (e.g. ComfyUI's CONDITIONING), used instead of
+    # encoding `prompt` / `neg_prompt` with the checkpoint's umT5.
+    context: Optional[object] = None
+    neg_context: Optional[object] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "solver", Solver.parse(self.solver))

@@ -95,6 +95,18 @@ FIELDS: dict[str, FieldDoc] = {
                                       "motion); 1 skips the negative prompt", lambda s: s.guide_scale[1]),
     "GuideScale.low_noise": FieldDoc("CFG scale of the low-noise expert (late steps: detail)",
                                      lambda s: s.guide_scale[0]),
+    "GenerateRequest.denoise": FieldDoc(
+        "with a latent_image: the fraction of the schedule to run from it (1: all steps, from noise; "
+        "0.5: the last half of a schedule twice as long, keeping its layout); without one it must be 1"),
+    "GenerateRequest.init_latent": FieldDoc(
+        "optional native LATENT to start from (video-to-video, continuation); its shape sets the size "
+        "and length, and `denoise` how much is redrawn"),
+    "GenerateRequest.context": FieldDoc(
+        "optional native CONDITIONING (CLIPTextEncode with the Wan umT5 text encoder) used instead of "
+        "the text input's prompt"),
+    "GenerateRequest.neg_context": FieldDoc(
+        "optional native CONDITIONING used instead of the text input's negative prompt (unused at "
+        "guidance 1)"),
     "GenerateRequest.image": FieldDoc("start image (I2V-A14B: required; TI2V-5B: optional; S2V: the "
                                       "reference image)"),
     # S2V (pipeline/s2v_plan.S2VOptions)

@@ -43,6 +43,7 @@ def v3():
     try:
         extension = importlib.import_module("nodes.extension")
         from comfy_api.latest import io
+        importlib.import_module("comfy.latent_formats")    # an oracle of the latent tests
     finally:
         sys.path.remove(str(comfy_dir))
     return {cls.GET_SCHEMA().node_id: cls for cls in extension.node_classes()}, io
@@ -60,7 +61,9 @@ def test_schema_matches_the_function(v3, node_id):
     schema = cls.GET_SCHEMA()                    # ComfyUI's own validation of the schema
     assert issubclass(cls, io.ComfyNode)
     params = inspect.signature(cls.execute).parameters
-    assert [i.id for i in schema.inputs] == list(params), (schema.inputs, list(params))
+    # execute takes the inputs as ComfyUI lists them (required, then optional: the widget order)
+    ordered = [i.id for i in schema.inputs if not i.optional] + [i.id for i in schema.inputs if i.optional]
+    assert ordered == list(params), (ordered, list(params))
     for inp in schema.inputs:
         default = params[inp.id].default
         if inp.optional:
@@ -233,6 +236,56 @@ def test_build_request():
         build_request(Task.T2V_A14B, text, 64, 48, 5, 3, 5.0, "unipc", 7, image=torch.rand(1, 8, 8, 3))
     with pytest.raises(InputError, match="needs audio"):
         build_request(Task.S2V_14B, text, 64, 48, 5, 3, 5.0, "unipc", 7, image=torch.rand(1, 8, 8, 3))
+    with pytest.raises(InputError, match="no prompt"):
+        build_request(Task.T2V_A14B, None, 64, 48, 5, 3, 5.0, "unipc", 7)
+    with pytest.raises(InputError, match="needs a latent"):
+        build_request(Task.T2V_A14B, text, 64, 48, 5, 3, 5.0, "unipc", 7, denoise=0.5)
+
+
+def _conditioning(rows: int, width: int = 8, pad: int = 512):
+    """What CLIPTextEncode gives with ComfyUI's Wan umT5: [1, 512, D], padded rows zeroed."""
+    cond = torch.zeros(1, pad, width)
+    cond[0, :rows] = torch.randn(rows, width)
+    return [[cond, {"pooled_output": None}]]
+
+
+def test_native_inputs_in_the_request():
+    """LATENT sets size and length and becomes the normalised start latent; CONDITIONING replaces
+    the prompt with its real rows."""
+    latent = {"samples": torch.randn(1, 16, 3, 6, 8)}
+    pos, neg = _conditioning(7), _conditioning(3)
+    r = build_request(Task.T2V_A14B, None, 640, 640, 81, 3, 5.0, "unipc", 7, denoise=0.5,
+                      positive=pos, negative=neg, latent=latent)
+    assert r.size == (64, 48) and r.frame_num == 9 and r.denoise == 0.5 and r.init_latent.shape == (16, 3, 6, 8)
+    assert torch.equal(r.context, pos[0][0][0, :7]) and torch.equal(r.neg_context, neg[0][0][0, :3])
+    assert r.prompt == "" and r.neg_prompt is None
+    # with our Prompt node too: positive replaces its prompt, its negative prompt stays
+    r = build_request(Task.T2V_A14B, TextPrompt("a cat", "dog"), 64, 48, 5, 3, 5.0, "unipc", 7, positive=pos)
+    assert r.prompt == "a cat" and r.neg_prompt == "dog" and r.context is not None and r.neg_context is None
+    with pytest.raises(InputError, match=r"\[1, 48, frames"):          # a 2.1 latent for the 5B model
+        build_request(Task.TI2V_5B, TextPrompt("x"), 64, 64, 5, 3, 5.0, "unipc", 7, latent=latent)
+    with pytest.raises(InputError, match="noise mask"):
+        build_request(Task.T2V_A14B, TextPrompt("x"), 64, 48, 5, 3, 5.0, "unipc", 7,
+                      latent={**latent, "noise_mask": torch.ones(1, 1, 6, 8)})
+    with pytest.raises(InputError, match="2 entries"):
+        build_request(Task.T2V_A14B, None, 64, 48, 5, 3, 5.0, "unipc", 7, positive=pos + neg)
+    with pytest.raises(InputError, match="all zeros"):
+        build_request(Task.T2V_A14B, None, 64, 48, 5, 3, 5.0, "unipc", 7, positive=_conditioning(0))
+
+
+@pytest.mark.parametrize("vae,fmt,channels", [("2.1", "Wan21", 16), ("2.2", "Wan22", 48)])
+def test_native_latent_is_comfyuis_wan_latent_format(v3, vae, fmt, channels):
+    """Oracle: ComfyUI's own latent formats (process_out: normalised -> LATENT, process_in back).
+    Tolerance 1e-6 relative: we divide by the float32 1/std (as the official VAE and ours do),
+    ComfyUI multiplies by std."""
+    formats = sys.modules["comfy.latent_formats"]     # ComfyUI's, imported by the v3 fixture
+    ours = torch.randn(channels, 3, 4, 5)
+    native = convert.latent_to_comfy([ours], vae)["samples"]
+    expected = getattr(formats, fmt)().process_out(ours[None])
+    torch.testing.assert_close(native, expected, rtol=1e-6, atol=1e-6)
+    back = convert.latent_from_comfy({"samples": expected}, vae)
+    torch.testing.assert_close(back, getattr(formats, fmt)().process_in(expected)[0], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(back, ours, rtol=1e-5, atol=1e-5)
 
 
 def test_lora_node_chains_into_the_request(v3, monkeypatch, tmp_path):

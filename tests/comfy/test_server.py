@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 import comfyui_harness as harness
 
@@ -117,6 +118,27 @@ def make_broken_checkpoint(models: Path, tiny_task: Path) -> str:
     return dst.name
 
 
+VAE_FILE = "wan_2.1_vae.safetensors"
+TE_FILE = "umt5_tiny_fp32.safetensors"
+
+
+def write_native_model_files(base: Path, tiny_dir: Path) -> None:
+    """ComfyUI's own VAE and umT5 files made from the same tiny weights (tests/_comfy_files.py),
+    and the test-only loader for the tiny umT5 (tests/comfy/comfy_test_nodes)."""
+    import sys
+
+    sys.path.insert(0, str(harness.REPO / "tests"))
+    import _comfy_files as cf
+
+    shared = tiny_dir / "ckpt" / "shared"
+    (base / "models" / "vae").mkdir(parents=True, exist_ok=True)
+    (base / "models" / "text_encoders").mkdir(parents=True, exist_ok=True)
+    cf.write_vae(shared / "Wan2.1_VAE.pth", base / "models" / "vae" / VAE_FILE, "fp32")
+    cf.write_umt5(shared / "models_t5_umt5-xxl-enc-bf16.pth", base / "models" / "text_encoders" / TE_FILE,
+                  "fp32", tokenizer_json=shared / "google" / "umt5-xxl" / "tokenizer.json")
+    (base / "custom_nodes" / "wan22mg_test_nodes").symlink_to(Path(__file__).with_name("comfy_test_nodes"))
+
+
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory, tiny_dir):
     """A running ComfyUI: .url, .client, .base, .server (stopped after the module)."""
@@ -133,7 +155,10 @@ def comfy(tmp_path_factory, tiny_dir):
     _comfy_files.write_comfy_models(tiny_dir, base / "models", ("t2v-A14B", "i2v-A14B"))
     models = base / "models" / "wan22"
     broken = make_broken_checkpoint(models, models / "t2v-A14B")
-    server = harness.Server(comfy_dir, python, base).start()
+    write_native_model_files(base, tiny_dir)
+    # fp32 VAE and text encoder (ComfyUI runs them in fp16 on CPU otherwise): the native-socket
+    # tests compare ComfyUI's VAE decode and umT5 with ours at float32 precision.
+    server = harness.Server(comfy_dir, python, base, extra_args=("--fp32-vae", "--fp32-text-enc")).start()
     yield SimpleNamespace(server=server, url=server.url, base=base, client=harness.Client(server.url),
                           broken=broken)
     server.stop()
@@ -393,6 +418,132 @@ def test_two_cpu_ranks_give_the_one_rank_video(comfy, exported):
     assert diff.max() <= 1 and diff.mean() < 0.01, (diff.max(), diff.mean())
     assert np.abs(one.astype(int) - _frames(comfy, tiny(exported.api[T2V_1GPU], "r1b", seed=32),
                                             "r1b").astype(int)).max() > 1      # the check can fail
+
+
+# ------------------------------------------------------------------------------------------ native sockets
+def _without_video_output(prompt: dict) -> dict:
+    p = copy.deepcopy(prompt)
+    for k in [k for k, v in p.items() if v["class_type"] in ("CreateVideo", "SaveVideo")]:
+        del p[k]
+    return p
+
+
+def _saved_tensors(comfy, name: str):
+    """What Wan22MGTestSaveTensors wrote: IMAGE [F, H, W, 3] float32."""
+    from safetensors.torch import load_file
+
+    return load_file(str(comfy.base / "output" / "tests" / f"{name}.safetensors"))["images"]
+
+
+def _saved_latent(comfy, run, node_id: str):
+    """The LATENT a SaveLatent node of `run` wrote (LoadLatent's reading: latent_tensor as is)."""
+    from safetensors.torch import load_file
+
+    item = comfy.client.history_outputs(run.prompt_id)[node_id]["latents"][0]
+    path = comfy.base / "output" / item["subfolder"] / item["filename"]
+    return path, load_file(str(path))["latent_tensor"]
+
+
+@pytest.fixture(scope="module")
+def native_decode(comfy, exported):
+    """One t2v run whose result goes to our Frames node, to ComfyUI's VAEDecode and VAEDecodeTiled
+    (VAE file from the same tiny weights), to our Frames node again as a native LATENT, and to
+    SaveLatent. Frames are saved unquantized."""
+    p = _without_video_output(tiny(exported.api["wan22_t2v-A14B_1gpu"], "native", seed=21))
+    sampler, decode, loader = (by_class(p, c) for c in ("Wan22MGSampler", "Wan22MGDecode", "Wan22MGModelLoader"))
+    p["100"] = {"class_type": "VAELoader", "inputs": {"vae_name": VAE_FILE}}
+    p["101"] = {"class_type": "VAEDecode", "inputs": {"samples": [sampler, 1], "vae": ["100", 0]}}
+    p["102"] = {"class_type": "VAEDecodeTiled", "inputs": {"samples": [sampler, 1], "vae": ["100", 0],
+                "tile_size": 64, "overlap": 32, "temporal_size": 8, "temporal_overlap": 4}}
+    p["103"] = {"class_type": "Wan22MGDecode", "inputs": {"samples": [sampler, 1], "engine": [loader, 0]}}
+    for nid, (src, name) in {"110": (decode, "ours"), "111": ("101", "native"), "112": ("102", "tiled"),
+                             "113": ("103", "ours_from_latent")}.items():
+        p[nid] = {"class_type": "Wan22MGTestSaveTensors", "inputs": {"images": [src, 0], "name": name}}
+    p["120"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 1], "filename_prefix": "tests/sampled"}}
+    run = run_ok(comfy, p)
+    path, latent = _saved_latent(comfy, run, "120")
+    return SimpleNamespace(run=run, latent_path=path, latent=latent,
+                           **{n: _saved_tensors(comfy, n) for n in ("ours", "native", "tiled", "ours_from_latent")})
+
+
+def test_native_vae_decode_of_our_latent_gives_our_frames(native_decode):
+    """Our LATENT is in ComfyUI's Wan 2.1 format: ComfyUI's VAE (same weights, fp32) decodes it to
+    our frames. Ours are 8-bit, truncated as the official code does (the engine returns uint8
+    video); ComfyUI's are float32: ours = floor(native * 255) up to float32 noise (1e-3 level) at
+    the level boundaries."""
+    ours, native = native_decode.ours, native_decode.native
+    assert native_decode.latent.shape == (1, 16, 2, 8, 8)              # 5 frames, 64x64: Wan 2.1 latent
+    assert ours.shape == native.shape == (TINY["length"], TINY["height"], TINY["width"], 3)
+    diff = native * 255 - ours * 255
+    assert diff.min() >= -1e-3 and diff.max() < 1 + 1e-3, (diff.min(), diff.max())
+    assert (torch.floor(native * 255 + 1e-3) != ours * 255).float().mean() < 0.01
+    # our Frames node decodes a native LATENT on the workers the same way (one level at most: the
+    # LATENT's float32 round trip may cross a rounding boundary)
+    assert (native_decode.ours_from_latent * 255 - ours * 255).abs().max() <= 1.0 + 1e-3
+    # the check can fail: a latent mapped without the Wan 2.1 mean/std decodes to something else
+    assert (native * 255 - native.flip(0) * 255).abs().max() > 1
+
+
+def test_native_vae_decode_tiled_runs_on_our_latent(native_decode):
+    tiled = native_decode.tiled
+    assert tiled.shape == native_decode.native.shape and tiled.isfinite().all()
+    assert (tiled - native_decode.native).abs().mean() < 0.05     # tiles blend; same picture
+
+
+def test_clip_text_encode_conditioning_equals_our_prompt_node(comfy, exported):
+    """CLIPTextEncode with ComfyUI's Wan umT5 (tiny file, fp32, test-only loader for its dims) ->
+    our sampler gives our Prompt node's latent. ComfyUI pads to 512 tokens and zeroes the padding;
+    the sampler keeps the real rows, as our encoder does. Tolerance 1e-5: the same fp32 weights,
+    the attention over 512 masked positions instead of 32 sums in another order."""
+    # Both under the tiny text_len (32 tokens; ComfyUI does not cut prompts, the official pipeline does)
+    text, negative = "a cat walks in the park", "The Quick brown fox"
+    base = _without_video_output(tiny(exported.api["wan22_t2v-A14B_1gpu"], "cond", seed=22))
+    for k in [k for k, v in base.items() if v["class_type"] in ("Wan22MGDecode",)]:
+        del base[k]
+    sampler, encode = by_class(base, "Wan22MGSampler"), by_class(base, "Wan22MGTextEncode")
+    base[encode]["inputs"].update(prompt=text, negative_prompt=negative)
+    base["120"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 1], "filename_prefix": "tests/cond"}}
+    ours = _saved_latent(comfy, run_ok(comfy, base), "120")[1]
+
+    native = copy.deepcopy(base)
+    del native[encode], native[sampler]["inputs"]["text"]
+    native["130"] = {"class_type": "Wan22MGTestTinyUMT5Loader", "inputs": {"clip_name": TE_FILE}}
+    native["131"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["130", 0]}}
+    native["132"] = {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["130", 0]}}
+    native[sampler]["inputs"].update(positive=["131", 0], negative=["132", 0])
+    theirs = _saved_latent(comfy, run_ok(comfy, native), "120")[1]
+    assert ours.shape == theirs.shape == (1, 16, 2, 8, 8)
+    err = float((ours - theirs).abs().max() / ours.abs().max())
+    print(f"CLIPTextEncode vs Prompt node: max |diff| / max |latent| = {err:.2e}")
+    assert err < 1e-5, err
+    # the check can fail: another negative prompt moves the latent far beyond the tolerance
+    native["132"]["inputs"]["text"] = "a dog"
+    other = _saved_latent(comfy, run_ok(comfy, native), "120")[1]
+    assert float((ours - other).abs().max() / ours.abs().max()) > 1e-3
+
+
+def test_saved_latent_refined_at_denoise_half_on_one_and_two_ranks(comfy, exported, native_decode):
+    """SaveLatent -> LoadLatent -> our sampler (denoise 0.5) on the 1-GPU layout and on the 2-GPU
+    one (Ulysses 2 + FSDP, gloo): the same latent. Tolerance 1e-4 of the latent's range: the two
+    layouts sum attention and all-gather shards in a different float32 order over 3 steps."""
+    shutil.copyfile(native_decode.latent_path, comfy.base / "input" / "wan_start.latent")
+    out = {}
+    for layout in ("1gpu", "2gpu"):
+        p = _without_video_output(tiny(exported.api[f"wan22_t2v-A14B_{layout}"], f"v2v{layout}", seed=23))
+        for k in [k for k, v in p.items() if v["class_type"] == "Wan22MGDecode"]:
+            del p[k]
+        sampler = by_class(p, "Wan22MGSampler")
+        p["140"] = {"class_type": "LoadLatent", "inputs": {"latent": "wan_start.latent"}}
+        p[sampler]["inputs"].update(latent_image=["140", 0], denoise=0.5, width=640, height=640, length=81)
+        p["141"] = {"class_type": "SaveLatent", "inputs": {"samples": [sampler, 1], "filename_prefix": f"tests/v2v{layout}"}}
+        out[layout] = _saved_latent(comfy, run_ok(comfy, p), "141")[1]
+    start = native_decode.latent
+    assert out["1gpu"].shape == start.shape          # the size came from the latent, not the widgets
+    scale = float(start.abs().max())
+    print(f"denoise 0.5, 1 vs 2 ranks: max |diff| / max |latent| = "
+          f"{float((out['1gpu'] - out['2gpu']).abs().max()) / scale:.2e}")
+    assert float((out["1gpu"] - out["2gpu"]).abs().max()) < 1e-4 * scale
+    assert float((out["1gpu"] - start).abs().max()) > 1e-2 * scale      # it did refine the latent
 
 
 def test_dead_group_is_restarted_on_the_next_prompt(comfy, exported):

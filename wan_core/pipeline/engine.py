@@ -110,6 +110,7 @@ class WanEngine:
         self.attention = kernel.name
         dits = {Expert(name): self._load_dit(folder, dtype, offload, kernel, s2v=family.s2v_dit)
                 for name, folder in folders.items()}
+        self.text_dim = next(iter(dits.values())).cfg.text_dim   # channels of a context it takes
         # bf16/fp16 weights on CUDA: fused norm/RoPE/modulation kernels (models/fused.py); fp32
         # weights keep the reference op order (exact against the goldens).
         block_ops = pick_block_ops(dtype, self.device)
@@ -269,10 +270,18 @@ class WanEngine:
         parallel rule, and, for a random seed (< 0), rank 0's draw on every rank (the one place
         the seed is agreed)."""
         plan = self.pipeline.plan(request, ulysses_size=self.dist.ulysses_size)
+        self.check_contexts(request)
         check_cfg_guidance(self.spec.parallel.cfg_parallel, plan.guide_scale)
         if request.seed is not None and request.seed < 0 and self.dist.world_size > 1:
             plan = replace(plan, seed=self.dist.broadcast_object(plan.seed))
         return plan
+
+    def check_contexts(self, request: GenerateRequest) -> None:
+        """Precomputed text embeddings (ComfyUI's CONDITIONING) must fit this DiT."""
+        from .text import check_context
+
+        check_context(request.context, self.text_len, self.text_dim, "the prompt's conditioning")
+        check_context(request.neg_context, self.text_len, self.text_dim, "the negative conditioning")
 
     def generate(self, request: GenerateRequest, hooks: Optional[RunHooks] = None, *,
                  trace: Optional[Callable[[str, torch.Tensor], None]] = None) -> Optional[GenerateResult]:

@@ -51,6 +51,7 @@ from .progress import Phase, RunHooks
 from .s2v_audio import AudioFeatures, bucket_features, extract_features
 from .s2v_media import get_size_less_than_area, pose_clips, prepare_ref_image  # first two: re-exported
 from .s2v_plan import S2VOptions, S2VPlan, as_audio_input, resolve_s2v_request
+from .text import prompt_contexts
 from .video_tasks import Components, initial_noise
 
 log = logging.getLogger("wan_core.s2v")
@@ -149,11 +150,11 @@ def run_s2v(plan: S2VPlan, comp: Components, audio_encoder, dist, hooks: RunHook
         raise Cancelled(0)
 
     hooks.report(Phase.ENCODE, 0, 3, start, "encoding the prompt")
-    if plan.guide > 1:
-        context, context_null = comp.encode_text([plan.prompt, plan.neg_prompt])
+    # No CFG (guidance 1): the negative prompt is never used, so it is not encoded.
+    context, context_null = prompt_contexts(comp.encode_text, plan.prompt, plan.neg_prompt,
+                                            plan.context, plan.neg_context, need_negative=plan.guide > 1)
+    if context_null is not None:
         context_null = context_null.to(device, torch.float32)
-    else:   # no CFG: the negative prompt is never used, so it is not encoded
-        (context,), context_null = comp.encode_text([plan.prompt]), None
     context = context.to(device, torch.float32)
     if trace is not None:
         trace("context", context.detach().cpu())

@@ -66,6 +66,8 @@ class S2VPlan:
     pose: Optional[PoseInfo] = None
     decode: bool = True
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    context: Optional[Tensor] = None          # precomputed prompt embeddings (ComfyUI CONDITIONING)
+    neg_context: Optional[Tensor] = None
 
     @property
     def infer_frames(self) -> int:
@@ -105,6 +107,9 @@ def _audio_clips(track: AudioTrack, infer_frames: int, fps: int) -> int:
 
 def resolve_s2v_request(request: GenerateRequest, spec: Optional[TaskSpec] = None) -> S2VPlan:
     """Fill in the S2V defaults and validate every input; raise ConfigError / InputError."""
+    if request.init_latent is not None or request.denoise != 1.0:
+        raise InputError("s2v-14B does not start from an input latent (it makes its clips from the audio); "
+                         "disconnect the latent input and set denoise to 1")
     spec = spec or TASKS[Task.S2V_14B]
     warnings: list[str] = []
     if not isinstance(request.prompt, str):
@@ -196,4 +201,5 @@ def resolve_s2v_request(request: GenerateRequest, spec: Optional[TaskSpec] = Non
     return S2VPlan(task=spec, prompt=request.prompt, neg_prompt=neg, width=width, height=height,
                    ref_pixels=ref, audio=track, options=replace(opts, pose_video=opts.pose_video),
                    clips=clips, steps=steps, shift=shift, guide=g.low_noise, solver=solver, seed=seed,
-                   pose=pose, decode=bool(request.decode), warnings=tuple(warnings))
+                   pose=pose, decode=bool(request.decode), warnings=tuple(warnings),
+                   context=request.context, neg_context=request.neg_context)

@@ -108,6 +108,18 @@ class FlowScheduler:
     def num_steps(self) -> int:
         return len(self.timesteps)
 
+    def start_at(self, skip: int) -> "FlowScheduler":
+        """Drop the first `skip` steps before any step is taken (partial denoising: the run
+        starts from a given latent at `sigmas[0]`, see `denoise_schedule`). Multistep history
+        starts empty there, as ComfyUI's samplers start on the tail of their sigmas."""
+        if self.step_index or self._x0_history:
+            raise RuntimeError("start_at() must come before the first step")
+        if not 0 <= skip < self.num_steps:
+            raise ValueError(f"cannot skip {skip} of {self.num_steps} steps")
+        self.timesteps = self.timesteps[skip:]
+        self.sigmas = self.sigmas[skip:]
+        return self
+
     def _begin_step(self, timestep: TimestepLike) -> None:
         i = self.step_index
         if i >= self.num_steps:
@@ -260,6 +272,20 @@ class FlowEulerScheduler(FlowScheduler):
         x = x + d * (sigma_next - sigma)
         self.step_index += 1
         return x.to(out_dtype)
+
+
+def denoise_schedule(steps: int, denoise: float) -> tuple[int, int]:
+    """ComfyUI's partial-denoise rule (`comfy/samplers.py`, `KSampler.set_steps`): build the
+    schedule for `int(steps / denoise)` steps and run only its last `steps`. Returns (schedule
+    length, steps to skip); denoise > 0.9999 is a full run. Our schedulers then `start_at(skip)`."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"sample_steps={steps!r}: need a whole number of steps >= 1")
+    if not (0.0 < denoise <= 1.0):
+        raise ConfigError(f"denoise={denoise!r}: use a fraction in (0, 1] (1 = from pure noise)")
+    if denoise > 0.9999:
+        return steps, 0
+    total = int(steps / denoise)
+    return total, total - steps
 
 
 def make_scheduler(solver: Union[Solver, str], steps: int, shift: float) -> FlowScheduler:

@@ -68,3 +68,35 @@ class TextEncoder:
         lengths = mask.sum(dim=1).tolist()
         # Copies, not views: a view would keep (and pickle) the padded rows of the whole batch.
         return [row[:n].clone() for row, n in zip(out, lengths)]
+
+
+def prompt_contexts(encode_text, prompt: str, neg_prompt: str, context: Optional[torch.Tensor] = None,
+                    neg_context: Optional[torch.Tensor] = None, *,
+                    need_negative: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(context, negative context) of a run: given embeddings (a request's `context` /
+    `neg_context`, e.g. ComfyUI's CONDITIONING) as they are, the others through `encode_text`
+    in one call (both prompts batched, as the official pipeline does). Without CFG
+    (`need_negative` False) the negative one is None and nothing is encoded for it."""
+    if not need_negative:
+        neg_prompt, neg_context = None, None
+    todo = [text for text, given in ((prompt, context), (neg_prompt, neg_context))
+            if given is None and text is not None]
+    encoded = iter(encode_text(todo) if todo else ())
+    return (context if context is not None else next(encoded),
+            neg_context if neg_context is not None or not need_negative else next(encoded))
+
+
+def check_context(context, text_len: int, text_dim: int, what: str) -> None:
+    """A precomputed context must fit the DiT: [L, text_dim] with L <= text_len (its padding)."""
+    if context is None:
+        return
+    if not isinstance(context, torch.Tensor) or context.dim() != 2 or context.shape[0] < 1:
+        shape = tuple(context.shape) if isinstance(context, torch.Tensor) else type(context).__name__
+        raise InputError(f"{what} must be text embeddings [tokens, {text_dim}], got {shape}")
+    if context.shape[1] != text_dim:
+        raise InputError(f"{what} has {context.shape[1]} channels but this model's text encoder gives "
+                         f"{text_dim}: use the umT5-XXL text encoder of Wan (not another CLIP)")
+    if context.shape[0] > text_len:
+        raise InputError(f"{what} has {context.shape[0]} tokens but this model takes at most {text_len} "
+                         "(the official pipeline cuts prompts there; ComfyUI's CLIPTextEncode does not): "
+                         "shorten the prompt, or use the Wan2.2 Multi-GPU Prompt node, which cuts it")

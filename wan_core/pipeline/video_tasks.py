@@ -30,6 +30,7 @@ from .conditioning import (I2VImage, TI2VImage, i2v_mask, i2v_vae_input, prepare
 from .denoise import DenoiseInputs, ModelProvider, denoise, scalar_timestep
 from .experts import ExpertSchedule
 from .progress import Phase, RunHooks
+from .text import prompt_contexts
 
 Tensor = torch.Tensor
 Trace = Optional[Callable[[str, Tensor], None]]
@@ -58,6 +59,10 @@ class RunPlan:
     image: Union[I2VImage, TI2VImage, None] = None
     decode: bool = True
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    init_latent: Optional[Tensor] = None       # [C, f, h, w] normalised, the shape of latent_shape
+    denoise: float = 1.0                       # 0: decode init_latent only
+    context: Optional[Tensor] = None           # precomputed prompt embeddings [L, text_dim]
+    neg_context: Optional[Tensor] = None
 
     @property
     def tokens(self) -> int:
@@ -155,7 +160,10 @@ def resolve_request(task: Union[Task, str, TaskSpec], request: GenerateRequest, 
     seed = _check_seed(request.seed)
 
     image = request.image
-    if spec.needs_image and image is None:
+    decode_only = request.init_latent is not None and float(request.denoise) == 0.0
+    if decode_only:
+        image = None          # nothing is generated: the latent is only decoded
+    elif spec.needs_image and image is None:
         raise InputError(f"{spec.task.value} needs an input image (--image FILE)")
     if image is not None and not spec.accepts_image:
         raise InputError(f"{spec.task.value} does not take an image; use i2v-A14B or ti2v-5B for "
@@ -164,7 +172,7 @@ def resolve_request(task: Union[Task, str, TaskSpec], request: GenerateRequest, 
     stride_t, stride_h, stride_w = spec.vae_stride
     lat_f = (frame_num - 1) // stride_t + 1
     prepared = None
-    if spec.task == Task.I2V_A14B:
+    if spec.task == Task.I2V_A14B and image is not None:
         prepared = prepare_i2v_image(image, max_area=width * height)
         width, height = prepared.width, prepared.height
     elif spec.task == Task.TI2V_5B and image is not None:
@@ -174,11 +182,34 @@ def resolve_request(task: Union[Task, str, TaskSpec], request: GenerateRequest, 
     tokens = lat_f * (latent_shape[2] // spec.patch_size[1]) * (latent_shape[3] // spec.patch_size[2])
     seq_len = padded_seq_len(tokens, ulysses_size)
 
+    init_latent, denoise = check_init_latent(request, latent_shape, steps)
     return RunPlan(task=spec, prompt=request.prompt, neg_prompt=neg, frame_num=frame_num,
                    width=width, height=height, latent_shape=latent_shape, seq_len=seq_len,
                    steps=steps, shift=shift, solver=solver, seed=seed,
                    schedule=ExpertSchedule(guide=guide, boundary=boundary, switch_step=switch_step), image=prepared,
-                   decode=bool(request.decode), warnings=tuple(warnings))
+                   decode=bool(request.decode), warnings=tuple(warnings), init_latent=init_latent,
+                   denoise=denoise, context=request.context, neg_context=request.neg_context)
+
+
+def check_init_latent(request: GenerateRequest, latent_shape, steps: int) -> tuple[Optional[Tensor], float]:
+    """-> (init_latent float32 or None, denoise), checked against the run's latent shape."""
+    from .schedulers import denoise_schedule
+
+    denoise = float(request.denoise)
+    latent = request.init_latent
+    if latent is None:
+        if denoise != 1.0:
+            raise InputError(f"denoise={denoise:g} needs a latent to start from: connect a LATENT "
+                             "(video-to-video), or set denoise to 1")
+        return None, denoise
+    if not isinstance(latent, torch.Tensor) or tuple(latent.shape) != tuple(latent_shape):
+        got = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
+        raise InputError(f"the input latent has shape {got} but this run's latent is "
+                         f"{tuple(latent_shape)} (channels, frames, height, width): give a latent of "
+                         "this task's VAE, or the size and length it was made with")
+    if denoise != 0.0:
+        denoise_schedule(steps, denoise)        # ConfigError for a value outside (0, 1]
+    return latent.float(), denoise
 
 
 def initial_noise(shape, seed: int, device) -> Tensor:
@@ -248,21 +279,27 @@ def run_video_task(plan: RunPlan, comp: Components, dist, hooks: RunHooks, *, ba
 
     if dist.agree_stop(hooks.stop_requested()):
         raise Cancelled(0)
+    if plan.init_latent is not None and plan.denoise == 0.0:      # decode only
+        return _decode(plan, plan.init_latent.to(comp.device), comp, dist, hooks, trace, timings)
     hooks.report(Phase.ENCODE, 0, 1, start, "encoding the prompt")
-    scheduler = comp.make_scheduler(plan.solver, plan.steps, plan.shift)
+    scheduler = _scheduler(plan, comp)
     # Guidance 1 on every step (the 4-step LoRA templates): the unconditional branch never runs,
     # so the negative prompt is not encoded either (ComfyUI skips it the same way).
-    if plan.schedule.uses_uncond(scheduler.timesteps):
-        context, context_null = comp.encode_text([plan.prompt, plan.neg_prompt])
+    context, context_null = prompt_contexts(comp.encode_text, plan.prompt, plan.neg_prompt,
+                                            plan.context, plan.neg_context,
+                                            need_negative=plan.schedule.uses_uncond(scheduler.timesteps))
+    if context_null is not None:
         context_null = context_null.to(comp.device, torch.float32)
-    else:
-        (context,), context_null = comp.encode_text([plan.prompt]), None
     context = context.to(comp.device, torch.float32)
     if trace is not None:
         trace("context", context.detach().cpu())
         if context_null is not None:
             trace("context_null", context_null.detach().cpu())
     noise = initial_noise(plan.latent_shape, plan.seed, comp.device)
+    if plan.init_latent is not None:
+        # ComfyUI's flow noise scaling at the first sigma left: sigma * noise + (1 - sigma) * latent.
+        sigma = scheduler.sigmas[0].item()
+        noise = sigma * noise + (1.0 - sigma) * plan.init_latent.to(comp.device)
     latent, y, post_step, t_input = _task_conditioning(plan, comp, noise, trace)
     timings[Phase.ENCODE] = time.perf_counter() - start
     hooks.report(Phase.ENCODE, 1, 1, start, "prompt encoded")
@@ -274,9 +311,26 @@ def run_video_task(plan: RunPlan, comp: Components, dist, hooks: RunHooks, *, ba
     latent = denoise(comp.models, scheduler, inputs, dist, hooks, batch_cfg=batch_cfg, trace=trace)
     timings[Phase.DENOISE] = time.perf_counter() - t0
 
-    video = None
     if dist.agree_stop(hooks.stop_requested()):   # every rank, decode or not: same collective count
         raise Cancelled(plan.steps)
+    return _decode(plan, latent, comp, dist, hooks, trace, timings)
+
+
+def _scheduler(plan: RunPlan, comp: Components):
+    """The run's scheduler; with an input latent, the tail of a longer schedule (`denoise`)."""
+    if plan.init_latent is None:
+        return comp.make_scheduler(plan.solver, plan.steps, plan.shift)
+    from .schedulers import denoise_schedule
+
+    total, skip = denoise_schedule(plan.steps, plan.denoise)
+    return comp.make_scheduler(plan.solver, total, plan.shift).start_at(skip)
+
+
+def _decode(plan: RunPlan, latent: Tensor, comp: Components, dist, hooks: RunHooks, trace: Trace,
+            timings: dict) -> RunOutput:
+    """Decode when the plan asks for it: rank 0, or every rank when the VAE decode is split
+    across them (`comp.decode_all_ranks`); the video is rank 0's."""
+    video = None
     if plan.decode and (dist.rank == 0 or comp.decode_all_ranks):
         rank0 = dist.rank == 0
         t0 = time.perf_counter()
