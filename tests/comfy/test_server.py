@@ -449,7 +449,7 @@ def native_decode(comfy, exported):
     """One t2v run whose result goes to our Frames node, to ComfyUI's VAEDecode and VAEDecodeTiled
     (VAE file from the same tiny weights), to our Frames node again as a native LATENT, and to
     SaveLatent. Frames are saved unquantized."""
-    p = _without_video_output(tiny(exported.api["wan22_t2v-A14B_1gpu"], "native", seed=21))
+    p = _without_video_output(tiny(exported.api[T2V_1GPU], "native", seed=21))
     sampler, decode, loader = (by_class(p, c) for c in ("Wan22MGSampler", "Wan22MGDecode", "Wan22MGModelLoader"))
     p["100"] = {"class_type": "VAELoader", "inputs": {"vae_name": VAE_FILE}}
     p["101"] = {"class_type": "VAEDecode", "inputs": {"samples": [sampler, 1], "vae": ["100", 0]}}
@@ -497,7 +497,7 @@ def test_clip_text_encode_conditioning_equals_our_prompt_node(comfy, exported):
     the attention over 512 masked positions instead of 32 sums in another order."""
     # Both under the tiny text_len (32 tokens; ComfyUI does not cut prompts, the official pipeline does)
     text, negative = "a cat walks in the park", "The Quick brown fox"
-    base = _without_video_output(tiny(exported.api["wan22_t2v-A14B_1gpu"], "cond", seed=22))
+    base = _without_video_output(tiny(exported.api[T2V_1GPU], "cond", seed=22))
     for k in [k for k, v in base.items() if v["class_type"] in ("Wan22MGDecode",)]:
         del base[k]
     sampler, encode = by_class(base, "Wan22MGSampler"), by_class(base, "Wan22MGTextEncode")
@@ -529,7 +529,7 @@ def test_saved_latent_refined_at_denoise_half_on_one_and_two_ranks(comfy, export
     shutil.copyfile(native_decode.latent_path, comfy.base / "input" / "wan_start.latent")
     out = {}
     for layout in ("1gpu", "2gpu"):
-        p = _without_video_output(tiny(exported.api[f"wan22_t2v-A14B_{layout}"], f"v2v{layout}", seed=23))
+        p = _without_video_output(tiny(exported.api[T2V_1GPU if layout == "1gpu" else T2V_2GPU], f"v2v{layout}", seed=23))
         for k in [k for k, v in p.items() if v["class_type"] == "Wan22MGDecode"]:
             del p[k]
         sampler = by_class(p, "Wan22MGSampler")
