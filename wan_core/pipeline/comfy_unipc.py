@@ -67,6 +67,16 @@ class ComfyUniPCScheduler(FlowScheduler):
         self._returned: Optional[torch.Tensor] = None  # what we gave the model last (its VE form)
         self._pred_vp: Optional[torch.Tensor] = None   # ... and its x_vp
 
+    def start_at(self, skip: int) -> "ComfyUniPCScheduler":
+        """Partial denoising (`denoise_schedule`): ComfyUI's uni_pc on the tail of the sigmas, so
+        the solver's own tables (floored t, order) are rebuilt from the tail."""
+        super().start_at(skip)
+        self.t = self.sigmas.clone()
+        self.t[-1] = SIGMA_FLOOR
+        self.n = len(self.t) - 1
+        self.order = min(3, len(self.t) - 2)
+        return self
+
     # -- ComfyUI's pieces ----------------------------------------------------------------------
 
     def _vec(self, i: int) -> torch.Tensor:
