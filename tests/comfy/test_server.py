@@ -211,6 +211,21 @@ _HIDDEN_JS = ("(type) => app.graph.nodes.filter((n) => n.type === type)[0]"
               ".widgets.filter((w) => w.hidden).map((w) => w.name)")
 
 
+def search_results(fe, text: str) -> list[str]:
+    """What the frontend's node search box lists for `text` (double-click on an empty canvas,
+    type): the display names, in order."""
+    fe.js("() => app.graph.clear()")
+    box = (fe.page.query_selector("canvas#graph-canvas") or fe.page.query_selector("canvas")).bounding_box()
+    fe.page.mouse.dblclick(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    fe.page.wait_for_timeout(1000)
+    fe.page.keyboard.type(text, delay=30)
+    fe.page.wait_for_selector("[role=option]", timeout=15_000)
+    fe.page.wait_for_timeout(1500)
+    names = fe.js("() => Array.from(document.querySelectorAll('[role=option]')).map(e => e.innerText.split('\\n')[0])")
+    fe.page.keyboard.press("Escape")
+    return names
+
+
 @pytest.fixture(scope="module")
 def exported(comfy):
     """Every shipped workflow loaded in the real frontend (headless Chromium), exported to API
@@ -239,6 +254,7 @@ def exported(comfy):
                      ".widgets.find((w) => w.name === 'wan22mg_status').value")
         fe.page.wait_for_function(status_js, timeout=15_000)
         seen.status_line = fe.js(status_js)
+        seen.search_wan = search_results(fe, "wan")
         seen.page_errors, seen.console_errors = fe.page_errors, fe.console_errors
     return seen
 
@@ -290,6 +306,12 @@ def test_workflows_load_in_the_frontend_and_export(exported):
             assert (router["guidance_high_noise"], router["guidance_low_noise"], router["switch_step"]) == (1.0, 1.0, 2)
     assert exported.snapped in ([4, 4], [6, 6]), exported.snapped     # 24 heads: 5 is not a valid degree
     assert exported.status_line == "no workers running"               # from GET /wan22mg/status
+    # #11: typing "wan" in the node search lists our nodes among ComfyUI's own Wan nodes
+    ours = {"Wan2.2 Multi-GPU Model Loader", "Wan2.2 Multi-GPU Prompt", "Wan2.2 Multi-GPU Sampler",
+            "Wan2.2 Multi-GPU Frames", "Wan2.2 Multi-GPU Expert Router", "Wan2.2 Multi-GPU Speech (S2V)",
+            "Wan2.2 Multi-GPU Release GPUs"}
+    assert ours <= set(exported.search_wan), exported.search_wan
+    assert "WanImageToVideo" in exported.search_wan, exported.search_wan
     assert exported.page_errors == [] and exported.console_errors == [], (exported.page_errors,
                                                                           exported.console_errors)
 
