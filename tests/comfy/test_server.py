@@ -118,7 +118,7 @@ def make_broken_checkpoint(models: Path, tiny_task: Path) -> str:
     return dst.name
 
 
-VAE_FILE = "wan_2.1_vae.safetensors"
+VAE_FILE = "wan_2.1_vae_fp32_test.safetensors"   # not the template name: always fp32 here
 TE_FILE = "umt5_tiny_fp32.safetensors"
 
 
