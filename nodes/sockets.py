@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from wan_core.field_docs import describe as tip  # noqa: F401  (re-exported: one description per field)
+from wan_core.field_docs import describe as tip   # re-exported: one description per field
 
 from . import types
 
@@ -30,3 +30,6 @@ def schema(node_id: str, display_name: str, description: str, aliases: list[str]
     """io.Schema with this pack's category and common search aliases."""
     return io.Schema(node_id=node_id, display_name=display_name, category=CATEGORY,
                      description=description, search_aliases=ALIASES + aliases, **kwargs)
+
+
+__all__ = ["CATEGORY", "ALIASES", "Engine", "Text", "Experts", "Speech", "Result", "schema", "tip"]
