@@ -79,25 +79,11 @@ def main() -> None:
 
 def _wan_clip(path, torch, comfy):
     """CLIPLoader(type='wan') for a umT5 file of any size (see the module docstring)."""
-    import comfy.text_encoders.wan as wan
+    from comfy_test_nodes.tiny_umt5 import tiny_umt5_clip
 
     sd, meta = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
     sd, meta = comfy.utils.convert_old_quants(sd, model_prefix="", metadata=meta)
-    quant = comfy.utils.detect_layer_quantization(sd, "")
-    layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.block."))
-    vocab, dim = sd["shared.weight"].shape
-    heads = sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape[1]
-    cfg = {"num_layers": layers, "vocab_size": int(vocab), "d_model": int(dim), "num_heads": int(heads),
-           "d_kv": sd["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0] // heads,
-           "d_ff": sd["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].shape[0]}
-
-    class Target:
-        params: dict = {}
-        clip = wan.te(t5_quantization_metadata=quant)
-        tokenizer = wan.WanT5Tokenizer
-
-    return comfy.sd.CLIP(Target(), tokenizer_data={"spiece_model": sd.get("spiece_model")},
-                         state_dict=[sd], model_options={"umt5xxl_model_config": cfg, "dtype": torch.float32})
+    return tiny_umt5_clip(sd, comfy.utils.detect_layer_quantization(sd, ""))
 
 
 if __name__ == "__main__":

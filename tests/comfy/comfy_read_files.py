@@ -50,24 +50,9 @@ def main() -> None:
         elif kind == "t5":
             sd, meta = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
             sd, meta = comfy.utils.convert_old_quants(sd, model_prefix="", metadata=meta)
-            import comfy.text_encoders.wan as wan
+            from comfy_test_nodes.tiny_umt5 import tiny_umt5_clip
 
-            quant = comfy.utils.detect_layer_quantization(sd, "")
-            layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.block."))
-            vocab, dim = sd["shared.weight"].shape
-            heads = sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape[1]
-            cfg = {"num_layers": layers, "vocab_size": int(vocab), "d_model": int(dim), "num_heads": int(heads),
-                   "d_kv": sd["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0] // heads,
-                   "d_ff": sd["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].shape[0]}
-
-            class Target:
-                params: dict = {}
-                clip = wan.te(t5_quantization_metadata=quant)
-                tokenizer = wan.WanT5Tokenizer
-
-            clip = comfy.sd.CLIP(Target(), tokenizer_data={"spiece_model": sd.get("spiece_model")},
-                                 state_dict=[sd], model_options={"umt5xxl_model_config": cfg,
-                                                                 "dtype": torch.float32})
+            clip = tiny_umt5_clip(sd, comfy.utils.detect_layer_quantization(sd, ""))
             module = clip.cond_stage_model
             for i, text in enumerate(PROMPTS):   # ComfyUI's tokenizer on the file's spiece_model
                 ids = [t[0] for t in clip.tokenizer.tokenize_with_weights(text)["umt5xxl"][0]]

@@ -10,8 +10,6 @@
 """
 import os
 
-import torch
-
 
 class Wan22MGTestTinyUMT5Loader:
     CATEGORY = "testing"
@@ -25,28 +23,13 @@ class Wan22MGTestTinyUMT5Loader:
         return {"required": {"clip_name": (folder_paths.get_filename_list("text_encoders"),)}}
 
     def load(self, clip_name):
-        import comfy.sd
-        import comfy.text_encoders.wan as wan
         import comfy.utils
         import folder_paths
 
+        from .tiny_umt5 import tiny_umt5_clip
+
         path = folder_paths.get_full_path_or_raise("text_encoders", clip_name)
-        sd = comfy.utils.load_torch_file(path, safe_load=True)
-        layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.block."))
-        vocab, dim = sd["shared.weight"].shape
-        heads = sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"].shape[1]
-        cfg = {"num_layers": layers, "vocab_size": int(vocab), "d_model": int(dim), "num_heads": int(heads),
-               "d_kv": sd["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0] // heads,
-               "d_ff": sd["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].shape[0]}
-
-        class Target:
-            params: dict = {}
-            clip = wan.te()
-            tokenizer = wan.WanT5Tokenizer
-
-        clip = comfy.sd.CLIP(Target(), tokenizer_data={"spiece_model": sd.get("spiece_model")}, state_dict=[sd],
-                             model_options={"umt5xxl_model_config": cfg, "dtype": torch.float32})
-        return (clip,)
+        return (tiny_umt5_clip(comfy.utils.load_torch_file(path, safe_load=True)),)
 
 
 class Wan22MGTestSaveTensors:
