@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from tests.distributed.test_runtime import DRIVER, REQUEST, _kill_all, _leftovers, _spec, _wait_gone
+from tests.distributed.test_runtime import (REQUEST, _driver_group, _kill_all, _leftovers, _spec, _start_driver,
+                                            _wait_gone)
 from tests._procs import sigstop
 from tests._sockets import exposed, listening
 from wan_core import GenerateRequest
@@ -155,14 +156,10 @@ def test_dead_client_workers_remove_its_folder_and_shm(t2v_ckpt, sig):
     """The process that owns the group dies (SIGKILL, or SIGTERM, which Python does not catch):
     the workers exit and remove the group's private folder and shared memory themselves (no
     later sweep needed)."""
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(repo=str(REPO), ckpt=str(t2v_ckpt), n=2)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = _start_driver(t2v_ckpt)
     pids: list[int] = []
     try:
-        line = driver.stdout.readline()
-        assert line.startswith("PIDS"), line + driver.stderr.read()
-        folder = line.split()[1]
-        pids = [int(p) for p in line.split()[2:]]
+        folder, pids = _driver_group(driver)
         assert os.path.isdir(folder) and Path(folder).parent == Path(tempfile.gettempdir())
         driver.send_signal(sig)
         driver.wait()

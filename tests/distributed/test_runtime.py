@@ -315,18 +315,27 @@ DRIVER = textwrap.dedent("""
 """)
 
 
+def _start_driver(ckpt, n: int = 2) -> subprocess.Popen:
+    """A separate process that owns an n-rank group (DRIVER) and sleeps: tests kill or signal it."""
+    return subprocess.Popen([sys.executable, "-c", DRIVER.format(repo=str(REPO), ckpt=str(ckpt), n=n)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _driver_group(driver: subprocess.Popen) -> tuple[str, list[int]]:
+    """The group's private folder and worker pids, from DRIVER's first line."""
+    line = driver.stdout.readline()
+    assert line.startswith("PIDS"), line + driver.stderr.read()
+    return line.split()[1], [int(p) for p in line.split()[2:]]
+
+
 @pytest.mark.timeout(180)
 def test_killed_client_leaves_no_workers(t2v_ckpt):
     """SIGKILL of the process that owns the group: no atexit runs; the workers see their
     lifeline close (and PR_SET_PDEATHSIG) and exit by themselves."""
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(repo=str(REPO), ckpt=str(t2v_ckpt), n=2)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = _start_driver(t2v_ckpt)
     pids: list[int] = []
     try:
-        line = driver.stdout.readline()
-        assert line.startswith("PIDS"), line + driver.stderr.read()
-        folder = line.split()[1]
-        pids = [int(p) for p in line.split()[2:]]
+        folder, pids = _driver_group(driver)
         assert len(_leftovers(pids)) == 2 and os.path.isdir(folder)
         driver.kill()
         driver.wait()
