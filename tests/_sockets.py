@@ -8,7 +8,7 @@ import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 
 @dataclass(frozen=True)
@@ -64,34 +64,34 @@ def _addr(hex_addr: str, v6: bool) -> str:
     return f"[{ip}]:{int(port, 16)}" if v6 else f"{ip}:{int(port, 16)}"
 
 
-def _inet(pid: int, kind: str) -> dict[int, str]:
-    out = {}
+def _rows(pid: int, table: str) -> Iterator[list[str]]:
+    """The columns of each row of /proc/PID/net/TABLE, header skipped; the rows read so far when
+    the process (or the table) goes away."""
     try:
-        with open(f"/proc/{pid}/net/{kind}") as f:
-            next(f)
+        with open(f"/proc/{pid}/net/{table}") as f:
+            next(f, None)
             for line in f:
-                cols = line.split()
-                local, state, inode = cols[1], cols[3], int(cols[9])
-                listening = state == "0A" if kind.startswith("tcp") else True   # UDP: any bound socket
-                if listening:
-                    out[inode] = _addr(local, kind.endswith("6"))
+                yield line.split()
     except OSError:
         pass
+
+
+def _inet(pid: int, kind: str) -> dict[int, str]:
+    out = {}
+    for cols in _rows(pid, kind):
+        local, state, inode = cols[1], cols[3], int(cols[9])
+        listening = state == "0A" if kind.startswith("tcp") else True   # UDP: any bound socket
+        if listening:
+            out[inode] = _addr(local, kind.endswith("6"))
     return out
 
 
 def _unix(pid: int) -> dict[int, str]:
     out = {}
-    try:
-        with open(f"/proc/{pid}/net/unix") as f:
-            next(f)
-            for line in f:
-                cols = line.split()
-                flags, inode = int(cols[3], 16), int(cols[6])
-                if flags & 0x10000 and len(cols) > 7:      # __SO_ACCEPTCON: a listening socket
-                    out[inode] = cols[7]
-    except OSError:
-        pass
+    for cols in _rows(pid, "unix"):
+        flags, inode = int(cols[3], 16), int(cols[6])
+        if flags & 0x10000 and len(cols) > 7:      # __SO_ACCEPTCON: a listening socket
+            out[inode] = cols[7]
     return out
 
 
