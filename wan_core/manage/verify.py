@@ -231,7 +231,8 @@ def print_report(r: Report, out: TextIO) -> None:
         print(f"  runnable: {t}", file=out)
 
 
-def verify(paths: list[str], out: TextIO = sys.stdout) -> int:
+def verify(paths: "list[str] | list[Path]", out: TextIO = sys.stdout) -> int:
+    """Report on each place in turn, then the summary line; 0 when nothing is wrong."""
     reports = []
     for p in paths:
         r = verify_path(p, out)
@@ -272,12 +273,7 @@ def status(dir_: Optional[str] = None, out: TextIO = sys.stdout) -> int:
               f"(official into {wan22 / official_folder_name(Task.T2V_A14B)}..., or --set comfy)", file=out)
         print("tasks runnable: none", file=out)
         return 1
-    reports = []
-    for p in places:
-        r = verify_path(p, out)
-        print_report(r, out)
-        reports.append(r)
-    return _summary(reports, out)
+    return verify(places, out)
 
 
 __all__ = ["verify", "verify_path", "status", "Report", "sha256_file"]
