@@ -29,19 +29,30 @@ PR_SET_PDEATHSIG = 1
 def watch_lifeline(fd: int, before_exit: Optional[Callable[[], None]] = None) -> threading.Thread:
     """Start a daemon thread that ends the process when the lifeline's writer is gone."""
 
-    def run() -> None:
+    def wait() -> None:
         try:
             while os.read(fd, 1):
                 pass
         except OSError:
             pass
+
+    return _exit_after(wait, before_exit, EXIT_PARENT_GONE, "wan-lifeline")
+
+
+def _exit_after(wait: Callable[[], None], before_exit: Optional[Callable[[], None]], code: int,
+                name: str) -> threading.Thread:
+    """A started daemon thread: `wait()`, then `before_exit()` (if any), then `os._exit(code)` even
+    when `before_exit` raised."""
+
+    def run() -> None:
+        wait()
         try:
             if before_exit is not None:
                 before_exit()
         finally:
-            os._exit(EXIT_PARENT_GONE)
+            os._exit(code)
 
-    thread = threading.Thread(target=run, name="wan-lifeline", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     return thread
 
@@ -65,16 +76,7 @@ def take_sigterm(before_exit: Callable[[], None]) -> threading.Thread:
     take it in a daemon thread of its own: `before_exit()`, then exit 143. Call it first."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
-    def run() -> None:
-        signal.sigwait({signal.SIGTERM})
-        try:
-            before_exit()
-        finally:
-            os._exit(EXIT_TERMINATED)
-
-    thread = threading.Thread(target=run, name="wan-sigterm", daemon=True)
-    thread.start()
-    return thread
+    return _exit_after(lambda: signal.sigwait({signal.SIGTERM}), before_exit, EXIT_TERMINATED, "wan-sigterm")
 
 
 def die_with_parent(expected_ppid: int, sig: int = signal.SIGKILL,
