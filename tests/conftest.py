@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -16,13 +17,17 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+def missing(reason: str) -> NoReturn:
+    """Skip with the reason, except under WAN22_REQUIRE_SHARED=1 (CI): then fail (DESIGN.md §4)."""
+    if os.environ.get("WAN22_REQUIRE_SHARED") == "1":
+        pytest.fail(reason + "; WAN22_REQUIRE_SHARED=1 forbids skipping", pytrace=False)
+    pytest.skip(reason)
+
+
 def _shared_dir(env: str, default: Path, what: str) -> Path:
     path = Path(os.environ.get(env, str(default)))
     if not path.is_dir():
-        msg = f"{what} not found at {path} (set ${env})"
-        if os.environ.get("WAN22_REQUIRE_SHARED") == "1":
-            pytest.fail(msg + "; WAN22_REQUIRE_SHARED=1 forbids skipping", pytrace=False)
-        pytest.skip(msg)
+        missing(f"{what} not found at {path} (set ${env})")
     return path
 
 

@@ -17,6 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _comfy_files as cf  # noqa: E402
 import comfyui_harness as harness  # noqa: E402
+from conftest import missing  # noqa: E402
 
 from wan_core.loading import components as comp  # noqa: E402
 from wan_core.loading.single_file import t5_hf_to_official  # noqa: E402
@@ -31,19 +32,11 @@ DITS = {  # file stem -> (tiny folder, encoding, prefix)
 }
 
 
-def _missing(why: str):
-    import os
-
-    if os.environ.get("WAN22_REQUIRE_SHARED") == "1":
-        pytest.fail(why + "; WAN22_REQUIRE_SHARED=1 forbids skipping", pytrace=False)
-    pytest.skip(why)
-
-
 @pytest.fixture(scope="module")
 def comfy_read(tiny_dir, tmp_path_factory):
     comfy_dir, python, why = harness.locate()
     if comfy_dir is None:
-        _missing(why)
+        missing(why)
     out = tmp_path_factory.mktemp("oracle1")
     ckpt = tiny_dir / "ckpt"
     jobs = []

@@ -18,22 +18,17 @@ import pytest
 import torch
 
 import comfyui_harness as harness
+from conftest import missing
 from wan_core.pipeline.schedulers import comfy_simple_sigmas, make_scheduler
 
 ORACLE = Path(__file__).with_name("_comfy_sampling_oracle.py")
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("WAN22_REQUIRE_SHARED") == "1":
-        pytest.fail(reason + "; WAN22_REQUIRE_SHARED=1 forbids skipping", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def oracle() -> dict:
     comfy_dir, python, why = harness.locate()
     if comfy_dir is None:
-        _missing(why)
+        missing(why)
     env = dict(os.environ, PYTHONPATH=str(comfy_dir))
     proc = subprocess.run([str(python), str(ORACLE)], cwd=comfy_dir, env=env, capture_output=True,
                           text=True, timeout=300)

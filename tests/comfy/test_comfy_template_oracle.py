@@ -18,7 +18,6 @@ cannot pass.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import comfyui_harness as harness
+from conftest import missing
 
 pytestmark = [pytest.mark.timeout(900), pytest.mark.slow]
 ORACLE = Path(__file__).with_name("_comfy_template_oracle.py")
@@ -34,12 +34,6 @@ TOL = 1e-4
 SETTINGS = dict(prompt="a red fox running through snow", negative="", frames=5, height=48, width=64,
                 steps=4, cfg=1.0, sampler="euler", scheduler="simple", split=2, seed=7, shift=5.0)
 LORAS = (("high", "high_noise_model", "diffusion_model", 1), ("low", "low_noise_model", "lora_unet", 2))
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("WAN22_REQUIRE_SHARED") == "1":
-        pytest.fail(reason + "; WAN22_REQUIRE_SHARED=1 forbids skipping", pytrace=False)
-    pytest.skip(reason)
 
 
 def rel_err(a, e) -> float:
@@ -78,7 +72,7 @@ def files(tiny_dir, tmp_path_factory) -> dict:
 def comfy_latent(files, tmp_path_factory) -> torch.Tensor:
     comfy_dir, python, why = harness.locate()
     if comfy_dir is None:
-        _missing(why)
+        missing(why)
     work = tmp_path_factory.mktemp("oracle")
     job = dict(SETTINGS, folders={"diffusion_models": str(files["root"] / "diffusion_models"),
                                   "loras": str(files["root"] / "loras")},
@@ -163,7 +157,7 @@ def test_ti2v_5b_uni_pc_matches_comfyui_template(files_5b, tmp_path):
 
     comfy_dir, python, why = harness.locate()
     if comfy_dir is None:
-        _missing(why)
+        missing(why)
     job = dict(FIVE_B, folders={"diffusion_models": str(files_5b["root"] / "diffusion_models")},
                models={"model": files_5b["dit"].name}, loras=[], text_encoder=str(files_5b["text_encoder"]))
     (tmp_path / "job.json").write_text(json.dumps(job))

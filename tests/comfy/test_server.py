@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import comfyui_harness as harness
+from conftest import missing
 
 pytestmark = [pytest.mark.comfy, pytest.mark.slow]
 
@@ -74,13 +75,8 @@ def run_ok(comfy, prompt, timeout=300, **kw) -> harness.Run:
 
 # ------------------------------------------------------------------------------------------ server
 # Rule (DESIGN.md §4, as for parity): without ComfyUI (scripts/comfy_setup.sh), ../shared or chromium
-# these tests skip with the reason, except under WAN22_REQUIRE_SHARED=1 (CI): then they fail.
-def missing(reason: str) -> None:
-    if os.environ.get("WAN22_REQUIRE_SHARED") == "1":
-        pytest.fail(reason + "; WAN22_REQUIRE_SHARED=1 forbids skipping", pytrace=False)
-    pytest.skip(reason)
-
-
+# these tests skip with the reason, except under WAN22_REQUIRE_SHARED=1 (CI): then they fail
+# (conftest.missing).
 def write_tiny_loras(folder: Path, tiny_dir: Path) -> None:
     """Random rank-4 LoRAs for the tiny A14B models under the names the 4-step workflows pick
     (ComfyUI's lightx2v files), so those workflows run here as shipped."""

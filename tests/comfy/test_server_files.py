@@ -5,7 +5,6 @@ and a saved workflow that names a missing file fails with the file, the folder a
 from __future__ import annotations
 
 import io
-import os
 import sys
 from pathlib import Path
 
@@ -14,21 +13,16 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _comfy_files as cf  # noqa: E402
 import comfyui_harness as harness  # noqa: E402
+from conftest import missing  # noqa: E402
 
 FILES = cf.TINY_FILES["t2v-A14B"]
-
-
-def _missing(why: str):
-    if os.environ.get("WAN22_REQUIRE_SHARED") == "1":
-        pytest.fail(why + "; WAN22_REQUIRE_SHARED=1 forbids skipping", pytrace=False)
-    pytest.skip(why)
 
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory, tiny_dir):
     comfy_dir, python, why = harness.locate()
     if comfy_dir is None:
-        _missing(why)
+        missing(why)
     base = harness.make_base_dir(tmp_path_factory.mktemp("comfy_files_base"))   # no wan22 checkpoints
     cf.write_comfy_models(tiny_dir, base / "models", ["t2v-A14B"])
     server = harness.Server(comfy_dir, python, base).start()

@@ -14,16 +14,11 @@ from types import SimpleNamespace
 import pytest
 
 import comfyui_harness as harness
+from conftest import missing
 from tests._sockets import listening
 from tests._procs import sigstop
 
 pytestmark = [pytest.mark.comfy, pytest.mark.slow]
-
-
-def missing(reason: str) -> None:
-    if os.environ.get("WAN22_REQUIRE_SHARED") == "1":
-        pytest.fail(reason + "; WAN22_REQUIRE_SHARED=1 forbids skipping", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
