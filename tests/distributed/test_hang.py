@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from tests.distributed.test_runtime import (REQUEST, _driver_group, _kill_all, _leftovers, _spec, _start_driver,
-                                            _wait_gone)
+from tests.distributed.test_runtime import REQUEST, _driver, _kill_all, _leftovers, _spec, _wait_gone
 from tests._procs import sigstop
 from tests._sockets import exposed, listening
 from wan_core import GenerateRequest
@@ -156,10 +155,7 @@ def test_dead_client_workers_remove_its_folder_and_shm(t2v_ckpt, sig):
     """The process that owns the group dies (SIGKILL, or SIGTERM, which Python does not catch):
     the workers exit and remove the group's private folder and shared memory themselves (no
     later sweep needed)."""
-    driver = _start_driver(t2v_ckpt)
-    pids: list[int] = []
-    try:
-        folder, pids = _driver_group(driver)
+    with _driver(t2v_ckpt) as (driver, folder, pids):
         assert os.path.isdir(folder) and Path(folder).parent == Path(tempfile.gettempdir())
         driver.send_signal(sig)
         driver.wait()
@@ -168,10 +164,6 @@ def test_dead_client_workers_remove_its_folder_and_shm(t2v_ckpt, sig):
         while os.path.exists(folder) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not os.path.exists(folder)
-    finally:
-        driver.kill()
-        driver.wait()
-        _kill_all(pids)
 
 
 @pytest.mark.timeout(180)

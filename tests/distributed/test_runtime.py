@@ -5,6 +5,7 @@ mid-run, a broken checkpoint at start, two groups at once, the client killed, to
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -315,27 +317,30 @@ DRIVER = textwrap.dedent("""
 """)
 
 
-def _start_driver(ckpt, n: int = 2) -> subprocess.Popen:
-    """A separate process that owns an n-rank group (DRIVER) and sleeps: tests kill or signal it."""
-    return subprocess.Popen([sys.executable, "-c", DRIVER.format(repo=str(REPO), ckpt=str(ckpt), n=n)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _driver_group(driver: subprocess.Popen) -> tuple[str, list[int]]:
-    """The group's private folder and worker pids, from DRIVER's first line."""
-    line = driver.stdout.readline()
-    assert line.startswith("PIDS"), line + driver.stderr.read()
-    return line.split()[1], [int(p) for p in line.split()[2:]]
+@contextlib.contextmanager
+def _driver(ckpt, n: int = 2) -> Iterator[tuple[subprocess.Popen, str, list[int]]]:
+    """A separate process that owns an n-rank group (DRIVER) and sleeps, for tests that kill or
+    signal it: yields it, the group's private folder and the worker pids (DRIVER's first line);
+    on the way out it and any worker still there are killed."""
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER.format(repo=str(REPO), ckpt=str(ckpt), n=n)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        line = driver.stdout.readline()
+        assert line.startswith("PIDS"), line + driver.stderr.read()
+        folder, pids = line.split()[1], [int(p) for p in line.split()[2:]]
+        yield driver, folder, pids
+    finally:
+        driver.kill()
+        driver.wait()
+        _kill_all(pids)
 
 
 @pytest.mark.timeout(180)
 def test_killed_client_leaves_no_workers(t2v_ckpt):
     """SIGKILL of the process that owns the group: no atexit runs; the workers see their
     lifeline close (and PR_SET_PDEATHSIG) and exit by themselves."""
-    driver = _start_driver(t2v_ckpt)
-    pids: list[int] = []
-    try:
-        folder, pids = _driver_group(driver)
+    with _driver(t2v_ckpt) as (driver, folder, pids):
         assert len(_leftovers(pids)) == 2 and os.path.isdir(folder)
         driver.kill()
         driver.wait()
@@ -344,10 +349,6 @@ def test_killed_client_leaves_no_workers(t2v_ckpt):
         # start sweeps what a dead client left behind.
         sweep_stale_groups()
         assert not os.path.exists(folder)
-    finally:
-        driver.kill()
-        driver.wait()
-        _kill_all(pids)
 
 
 @pytest.mark.timeout(180)
