@@ -45,7 +45,8 @@ class Wan22MGSampler(io.ComfyNode):
                 io.Combo.Input("sampler", options=Solver, default=Solver.UNIPC, tooltip=tip("GenerateRequest.solver")),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
                              tooltip=tip("GenerateRequest.seed")),
-                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                # optional: API prompts saved before this widget existed still validate (1.0 = full run)
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip=tip("GenerateRequest.denoise")),
                 Experts.Input("experts", optional=True, tooltip="MoE routing from the Expert Router; "
                               "the task's official values when absent"),
@@ -64,15 +65,16 @@ class Wan22MGSampler(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, engine, width, height, length, steps, shift, sampler, seed, denoise, text=None,
-                experts=None, image=None, audio=None, positive=None, negative=None,
+    def execute(cls, engine, width, height, length, steps, shift, sampler, seed, text=None,
+                denoise=None, experts=None, image=None, audio=None, positive=None, negative=None,
                 latent_image=None) -> io.NodeOutput:
         require_links(lambda: node_label(cls), engine=(types.ENGINE, engine), text=(types.TEXT, text),
                       experts=(types.EXPERTS, experts), image=("IMAGE", image), audio=(types.AUDIO, audio),
                       positive=("CONDITIONING", positive), negative=("CONDITIONING", negative),
                       latent_image=("LATENT", latent_image))
         request = build_request(engine.task, text, width, height, length, steps, shift, sampler,
-                                seed, experts, image, audio, loras=engine.loras, denoise=denoise,
+                                seed, experts, image, audio, loras=engine.loras,
+                                denoise=1.0 if denoise is None else denoise,
                                 positive=positive, negative=negative, latent=latent_image)
         relay = NodeProgress(cls.hidden.unique_id if cls.hidden is not None else None,
                              want_preview=previews_enabled())
