@@ -108,7 +108,8 @@ def lora_4step_workflow(task: Task, gpus: int) -> tuple[dict, dict, dict]:
     p["4"]["inputs"].update(engine=["12", 0], width=640, height=640, length=81, steps=4, shift=5.0,
                             sampler="euler")
     p["3"]["inputs"].update(guidance_high_noise=1.0, guidance_low_noise=1.0, switch_step=2)
-    pos = dict(pos, **{"11": [0, 720], "12": [0, 880]})
+    # Below the Prompt node (520 + 200) with room for the LoRA title bar (drawn above pos).
+    pos = dict(pos, **{"11": [0, 770], "12": [0, 930]})
     models = {k: [{"name": name, "url": LORA_URL + name, "directory": "loras"}]
               for k, name in (("11", high), ("12", low))}
     return p, pos, models
