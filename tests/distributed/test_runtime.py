@@ -85,6 +85,7 @@ class KillAtDenoise:
 
 
 def _worker_children() -> set[int]:
+    """Live worker processes started by this process (other test runs on the machine have their own)."""
     out = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -93,9 +94,11 @@ def _worker_children() -> set[int]:
         try:
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 cmd = f.read()
-        except OSError:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if st and st[0] != "Z" and b"wan_core.runtime.worker" in cmd:
+        if st and st[0] != "Z" and b"wan_core.runtime.worker" in cmd and ppid == os.getpid():
             out.add(int(entry))
     return out
 
