@@ -14,12 +14,11 @@ Tolerances (rel_err = max|a - e| / max|e|):
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
 
-from conftest import rel_err
+from conftest import missing, rel_err
 
 FP32_TOL = 1e-5
 BF16_TOL = 2e-2
@@ -132,10 +131,7 @@ def test_real_size_shapes(tiny_dir):
 
     path = tiny_dir.parent / "docs" / "real_key_shapes.json"
     if not path.is_file():
-        # The same rule as the tiny folder itself (tests/conftest.py): skip locally, fail in CI.
-        if os.environ.get("WAN22_REQUIRE_SHARED") == "1":
-            pytest.fail(f"{path} not found; WAN22_REQUIRE_SHARED=1 forbids skipping", pytrace=False)
-        pytest.skip(f"{path} not found")
+        missing(f"{path} not found")    # the tiny folder's rule: skip locally, fail in CI
     real = json.loads(path.read_text())["T5Encoder_umt5_xxl"]
     with torch.device("meta"):
         model = T5Encoder(T5Config())
